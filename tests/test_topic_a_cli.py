@@ -1,0 +1,83 @@
+"""End-to-end checks of topic_a.py: a short run of the real pipeline, determinism, clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+QUICK = ["--runs", "3", "--n-train", "2048", "--n-test", "500", "--teacher-epochs", "2",
+         "--student-epochs", "2", "--no-progress", "--no-cache"]
+
+
+def run_script(args, cwd=None, env_extra=None, script="topic_a.py"):
+    env = {**os.environ, "SUBLIMINAL_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=600)
+
+
+def test_end_to_end_quick_run_is_deterministic(tmp_path, mnist_dir):
+    outs = []
+    for i in range(2):
+        r = run_script([*QUICK, "--data-dir", mnist_dir, "--results-dir", str(tmp_path / f"r{i}"),
+                        "--plots-dir", str(tmp_path / f"p{i}")])
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / f"p{i}" / "topic_a.png").stat().st_size > 10_000
+        outs.append(json.loads((tmp_path / f"r{i}" / "topic_a.json").read_text()))
+    res = outs[0]
+    for k in ("command", "git_commit", "seed", "n_runs", "device", "wall_time_s"):
+        assert k in res["provenance"]
+    s = res["summary"]
+    assert list(s) == ["reference", "teacher", "student (aux only)", "student (all logits)",
+                       "cross-model (aux only)", "cross-model (all logits)"]
+    assert all(len(v["per_run"]) == 3 and v["ci_low"] <= v["mean"] <= v["ci_high"] for v in s.values())
+    assert s["teacher"]["mean"] > 0.8  # even a 2-epoch teacher on 2k images learns MNIST
+    assert res["pairing_fixed_points"] == []
+    # same seed, same everything
+    assert outs[0]["summary"] == outs[1]["summary"]
+    assert outs[0]["pairing"] == outs[1]["pairing"]
+
+
+def test_different_seed_differs(tmp_path, mnist_dir):
+    r = run_script([*QUICK, "--seed", "1", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
+                    "--plots-dir", str(tmp_path)])
+    assert r.returncode == 0, r.stderr
+    r0 = run_script([*QUICK, "--data-dir", mnist_dir, "--results-dir", str(tmp_path / "s0"),
+                     "--plots-dir", str(tmp_path / "s0")])
+    a = json.loads((tmp_path / "topic_a.json").read_text())["summary"]["teacher"]["per_run"]
+    b = json.loads((tmp_path / "s0" / "topic_a.json").read_text())["summary"]["teacher"]["per_run"]
+    assert a != b
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--runs", "0"], "must be >= 1"),
+    (["--runs", "1"], "at least 2"),
+    (["--runs", "abc"], "not an integer"),
+    (["--lr", "-1"], "must be > 0"),
+    (["--loss", "hinge"], "invalid choice"),
+    (["--device", "bogus"], "--device"),
+])
+def test_bad_arguments_give_clear_errors(args, msg):
+    r = run_script(args)
+    assert r.returncode == 2
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_dataset_gives_clear_error(tmp_path):
+    env = {"SUBLIMINAL_DATA_DIR": ""}
+    r = run_script(["--runs", "2", "--data-dir", str(tmp_path / "nothing")], cwd=tmp_path, env_extra=env)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "not found" in r.stderr and "--data-dir" in r.stderr and "MNIST/raw" in r.stderr
+
+
+def test_help_lists_every_flag():
+    r = run_script(["--help"])
+    assert r.returncode == 0
+    for flag in ("--runs", "--seed", "--device", "--data-dir", "--legacy-kl", "--legacy-pairing",
+                 "--fixed-noise", "--compare-defects", "--loss"):
+        assert flag in r.stdout
+    assert "python topic_a.py --runs 25" in r.stdout  # the docstring's regenerate command

@@ -1,0 +1,1083 @@
+"""Shared machinery for every Topic A experiment (subliminal learning in a toy MLP).
+
+Everything a Topic A script needs lives here, once:
+
+* ``MLPConfig`` / ``Ensemble``: N independent MLPs stored as stacked weights, so each layer of all
+  N runs is one batched matmul. Init as SPEC.md: W ~ N(0, 1/fan_in), b = 0.
+* Data: MNIST / Fashion-MNIST IDX loading (``.gz`` or raw), class filtering, the search order
+  ``--data-dir`` -> ``$SUBLIMINAL_DATA_DIR`` -> ``./data``, checksum-verified download when online.
+* Input sources for training/distillation: real images (each run its own order) and noise
+  (generated per batch from a counter-based seed, never materialised for all runs at once).
+* Training: teacher cross-entropy on the class logits only; distillation (KL or MSE) over a chosen
+  subset of logits into several student ensembles that share one teacher forward pass per batch.
+* Teacher caching under ``results/cache``.
+* Statistics (t-based 95% CIs), atomic JSON results with provenance, plotting helpers.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from returning large freed blocks to the OS after every batch.
+
+    Each training step allocates tens of MB of fresh activations; with glibc defaults these are
+    mmap'd and unmapped every time, and the page faults cost up to half of a batched matmul's
+    time on CPU (measured in bench_topic_a.py). Raising the mmap/trim thresholds lets the
+    allocator reuse the memory. No effect on results.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_tune_malloc() if not os.environ.get("NO_TUNE") else None
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """An error caused by the user's arguments or environment; printed as one clear message."""
+
+
+class DataNotFoundError(UserError):
+    pass
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Call a script's main(); turn a UserError into a one-line message and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished sweep points are on disk and will be reused", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+DATASETS = {
+    "mnist": {
+        "folder": "MNIST",
+        "urls": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/"],
+        "sha256": {
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    },
+    "fashion": {
+        "folder": "FashionMNIST",
+        "urls": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        "sha256": {
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        "debian": "/usr/share/datasets/fashion-mnist",
+    },
+}
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    return parse_idx(data, str(path))
+
+
+def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise UserError(f"{name} is not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    ndim = data[3]
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    n = int(np.prod(shape)) if shape else 1
+    if len(data) - offset != n * dtype.itemsize:
+        raise UserError(f"{name}: IDX header says shape {shape} but the file holds "
+                        f"{len(data) - offset} bytes of data")
+    return np.frombuffer(data, dtype=dtype, count=n, offset=offset).reshape(shape)
+
+
+def data_dir_candidates(data_dir: str | None) -> list[Path]:
+    out = []
+    if data_dir:
+        out.append(Path(data_dir))
+    if os.environ.get("SUBLIMINAL_DATA_DIR"):
+        out.append(Path(os.environ["SUBLIMINAL_DATA_DIR"]))
+    out.append(Path("data"))
+    return out
+
+
+def _find_file(dataset: str, stem: str, roots: list[Path]) -> Path | None:
+    info = DATASETS[dataset]
+    for root in roots:
+        for d in (root / info["folder"] / "raw", root / info["folder"], root):
+            for name in (stem + ".gz", stem):
+                if (d / name).is_file():
+                    return d / name
+    if info.get("debian"):
+        d = Path(info["debian"])
+        for name in (stem + ".gz", stem):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def _download(dataset: str, stem: str, dest_root: Path) -> Path | None:
+    """Download one IDX file, verify the SHA-256 of its decompressed content, store it. None when
+    offline or every mirror fails."""
+    info = DATASETS[dataset]
+    for base in info["urls"]:
+        try:
+            with urllib.request.urlopen(base + stem + ".gz", timeout=10) as r:
+                blob = r.read()
+        except Exception:
+            continue
+        raw = gzip.decompress(blob)
+        if hashlib.sha256(raw).hexdigest() != info["sha256"][stem]:
+            raise UserError(f"checksum mismatch for {stem} downloaded from {base}; not saved")
+        dest = dest_root / info["folder"] / "raw" / (stem + ".gz")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, blob)
+        return dest
+    return None
+
+
+def _load_split(dataset: str, split: str, data_dir: str | None, download: bool):
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    prefix = "train" if split == "train" else "t10k"
+    roots = data_dir_candidates(data_dir)
+    arrays = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        stem = f"{prefix}-{kind}"
+        path = _find_file(dataset, stem, roots)
+        if path is None and download and not os.environ.get("SUBLIMINAL_OFFLINE"):
+            path = _download(dataset, stem, roots[0])
+        if path is None:
+            folder = DATASETS[dataset]["folder"]
+            raise DataNotFoundError(
+                f"{dataset} file {stem}(.gz) not found and could not be downloaded (offline?). "
+                f"Looked in: {', '.join(str(r) for r in roots)} (each as <dir>/{folder}/raw/, "
+                f"<dir>/{folder}/ and <dir>/). Put the official IDX files in "
+                f"<dir>/{folder}/raw/ and pass --data-dir <dir> or set SUBLIMINAL_DATA_DIR=<dir> "
+                f"(on this project's machines: --data-dir ../shared/data).")
+        arrays.append(read_idx(path))
+    images, labels = arrays
+    if images.shape[0] != labels.shape[0]:
+        raise UserError(f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    return images, labels
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor  # (N, 784) float32 in [-1, 1]
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.x.to(device), self.y.to(device))
+
+
+def load_dataset(dataset: str = "mnist", split: str = "train", data_dir: str | None = None,
+                 n_classes: int | None = None, limit: int | None = None,
+                 download: bool = True) -> Dataset:
+    """Load MNIST or Fashion-MNIST scaled as SPEC.md: pixels/255, then (x-0.5)/0.5 in [-1, 1].
+
+    n_classes keeps only labels 0..n_classes-1 (for the number-of-classes sweep); limit keeps the
+    first ``limit`` examples after filtering (for quick tests).
+    """
+    images, labels = _load_split(dataset, split, data_dir, download)
+    images = images.reshape(images.shape[0], -1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    keep = np.arange(len(y)) if n_classes is None else np.flatnonzero(labels < n_classes)
+    if limit is not None:
+        keep = keep[:limit]
+    x = torch.from_numpy(images[keep].astype(np.float32))
+    x.div_(255.0).sub_(0.5).div_(0.5)  # in place: no full-size temporaries
+    return Dataset(x, y[torch.from_numpy(keep)].contiguous())
+
+
+# ----------------------------------------------------------------------------------------------
+# seeding
+# ----------------------------------------------------------------------------------------------
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A 63-bit seed derived from a base seed and any labels (counter-based, order independent)."""
+    h = hashlib.sha256(repr((int(seed),) + tuple(keys)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, *keys, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, *keys))
+    return g
+
+
+def derangement(n: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation of range(n) with no fixed point (rejection sampling)."""
+    if n < 2:
+        raise UserError("cross-model pairing needs at least 2 runs (--runs >= 2)")
+    while True:
+        p = torch.randperm(n, generator=gen, device=gen.device)
+        if not bool((p == torch.arange(n, device=p.device)).any()):
+            return p.cpu()
+
+
+def permutation(n: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation (the circulating code's pairing: may have fixed points)."""
+    return torch.randperm(n, generator=gen, device=gen.device).cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# the ensemble
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Layer sizes of the MLP: n_in -> hidden... -> n_classes + n_aux (ReLU after each hidden)."""
+    n_in: int = 784
+    hidden: tuple[int, ...] = (256, 256)
+    n_classes: int = 10
+    n_aux: int = 3
+
+    @property
+    def n_out(self) -> int:
+        return self.n_classes + self.n_aux
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.n_in, *self.hidden, self.n_out]
+
+    @property
+    def class_idx(self) -> list[int]:
+        return list(range(self.n_classes))
+
+    @property
+    def aux_idx(self) -> list[int]:
+        return list(range(self.n_classes, self.n_out))
+
+    @property
+    def all_idx(self) -> list[int]:
+        return list(range(self.n_out))
+
+    def as_dict(self) -> dict:
+        return {"n_in": self.n_in, "hidden": list(self.hidden), "n_classes": self.n_classes,
+                "n_aux": self.n_aux}
+
+
+class Ensemble:
+    """R independent MLPs as stacked tensors: weights[l] (R, out, in), biases[l] (R, out).
+
+    Layer l of all runs is one ``baddbmm``. Parameters are plain leaf tensors, so any torch
+    optimizer can train them; since Adam is elementwise, one Adam over the stack is exactly R
+    independent Adams.
+    """
+
+    def __init__(self, cfg: MLPConfig, weights: list[torch.Tensor], biases: list[torch.Tensor]):
+        self.cfg = cfg
+        self.weights = weights
+        self.biases = biases
+
+    # construction ------------------------------------------------------------------------
+    @classmethod
+    def init(cls, cfg: MLPConfig, n_runs: int, gen: torch.Generator,
+             device="cpu", init_scale: float = 1.0) -> "Ensemble":
+        """SPEC.md init: every weight ~ N(0, (init_scale/sqrt(fan_in))^2), biases 0."""
+        ws, bs = [], []
+        sizes = cfg.sizes
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            w = torch.randn(n_runs, fan_out, fan_in, generator=gen, device=gen.device)
+            ws.append((w * (init_scale / math.sqrt(fan_in))).to(device))
+            bs.append(torch.zeros(n_runs, fan_out, device=device))
+        return cls(cfg, ws, bs)
+
+    @property
+    def n_runs(self) -> int:
+        return self.weights[0].shape[0]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def params(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases]
+
+    def named_params(self) -> dict[str, torch.Tensor]:
+        out = {f"W{l}": w for l, w in enumerate(self.weights)}
+        out.update({f"b{l}": b for l, b in enumerate(self.biases)})
+        return out
+
+    def clone(self) -> "Ensemble":
+        return Ensemble(self.cfg, [w.detach().clone() for w in self.weights],
+                        [b.detach().clone() for b in self.biases])
+
+    def index(self, idx) -> "Ensemble":
+        """A new ensemble whose run i is run idx[i] of this one (copies)."""
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device)
+        return Ensemble(self.cfg, [w.detach()[idx].clone() for w in self.weights],
+                        [b.detach()[idx].clone() for b in self.biases])
+
+    def to(self, device) -> "Ensemble":
+        return Ensemble(self.cfg, [w.detach().to(device) for w in self.weights],
+                        [b.detach().to(device) for b in self.biases])
+
+    def requires_grad_(self, flag: bool = True) -> "Ensemble":
+        for p in self.params():
+            p.requires_grad_(flag)
+        return self
+
+    def perturbed(self, scale: float, names: Sequence[str] | None, gen: torch.Generator) -> "Ensemble":
+        """Copy with Gaussian noise added to the named parameters (``W0``, ``b2``, ... ; None = all).
+
+        The noise std for each run's tensor is ``scale`` x that tensor's own std (per run), as the
+        takehome's init-perturbation experiment specifies; all-zero tensors (fresh biases) stay put.
+        """
+        out = self.clone()
+        named = out.named_params()
+        names = list(named) if names is None else list(names)
+        for n in names:
+            if n not in named:
+                raise UserError(f"unknown parameter {n!r}; have {sorted(named)}")
+            p = named[n]
+            std = p.reshape(p.shape[0], -1).std(dim=1)
+            shape = (p.shape[0],) + (1,) * (p.dim() - 1)
+            noise = torch.randn(p.shape, generator=gen, device=gen.device).to(p.device)
+            p.add_(noise * (scale * std).reshape(shape))
+        return out
+
+    # forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        """x: (R, B, n_in) per-run inputs, or (B, n_in) shared by every run.
+
+        Returns logits (R, B, n_out); with return_hidden also the list of post-ReLU hidden
+        activations [(R, B, h1), (R, B, h2), ...].
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n_runs, *x.shape)
+        h = x
+        hidden = []
+        last = self.n_layers - 1
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if l < last:
+                h = h.relu_()  # in place on a fresh tensor: one pass less over memory
+                hidden.append(h)
+        return (h, hidden) if return_hidden else h
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def activations(self, x: torch.Tensor, batch_size: int = 2048) -> list[torch.Tensor]:
+        """All layers' outputs on shared inputs x (N, n_in): [hidden_1, ..., logits], each (R, N, d)."""
+        chunks = []
+        for i in range(0, x.shape[0], batch_size):
+            logits, hidden = self.forward(x[i:i + batch_size].to(self.device), return_hidden=True)
+            chunks.append([*hidden, logits])
+        return [torch.cat([c[k] for c in chunks], dim=1) for k in range(len(chunks[0]))]
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+        return torch.cat([self.forward(x[i:i + batch_size].to(self.device))
+                          for i in range(0, x.shape[0], batch_size)], dim=1)
+
+    @torch.no_grad()
+    def accuracy(self, data: Dataset, batch_size: int = 2048) -> np.ndarray:
+        """Per-run accuracy: argmax over the class logits only (aux logits never vote)."""
+        correct = torch.zeros(self.n_runs, dtype=torch.long, device=self.device)
+        y = data.y.to(self.device)
+        for i in range(0, len(data), batch_size):
+            lg = self.forward(data.x[i:i + batch_size].to(self.device))[..., :self.cfg.n_classes]
+            correct += (lg.argmax(-1) == y[i:i + batch_size]).sum(dim=1)
+        return (correct.double() / len(data)).cpu().numpy()
+
+    # persistence ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"cfg": self.cfg.as_dict(), "weights": [w.detach().cpu() for w in self.weights],
+                "biases": [b.detach().cpu() for b in self.biases]}
+
+    @classmethod
+    def from_state(cls, state: dict, device="cpu") -> "Ensemble":
+        c = state["cfg"]
+        cfg = MLPConfig(c["n_in"], tuple(c["hidden"]), c["n_classes"], c["n_aux"])
+        return cls(cfg, [w.to(device) for w in state["weights"]], [b.to(device) for b in state["biases"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# input sources
+# ----------------------------------------------------------------------------------------------
+
+
+class InputSource:
+    """Where training/distillation inputs come from. ``epoch()`` yields (x, y) batches with x of
+    shape (R, B, n_in): every run gets its own inputs. y is None for noise sources."""
+
+    name = "source"
+    n_per_epoch: int
+
+    def n_batches(self, batch_size: int) -> int:
+        return math.ceil(self.n_per_epoch / batch_size)
+
+    def epoch(self, epoch: int, n_runs: int, batch_size: int, device) -> Iterator:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n_per_epoch": self.n_per_epoch}
+
+
+class RealImages(InputSource):
+    """A dataset, each run with its own shuffled order every epoch."""
+
+    name = "real"
+
+    def __init__(self, data: Dataset, seed: int, key: str = "order"):
+        self.data = data
+        self.seed = seed
+        self.key = key
+        self.n_per_epoch = len(data)
+
+    def epoch(self, epoch, n_runs, batch_size, device):
+        g = generator(self.seed, self.key, epoch)
+        n = len(self.data)
+        order = torch.argsort(torch.rand(n_runs, n, generator=g), dim=1)
+        x_all, y_all = self.data.x.to(device), self.data.y.to(device)
+        order = order.to(device)
+        for i in range(0, n, batch_size):
+            idx = order[:, i:i + batch_size]
+            yield x_all[idx], y_all[idx]
+
+    def describe(self):
+        return {"name": self.name, "n_per_epoch": self.n_per_epoch, "seed": self.seed}
+
+
+class NoiseSource(InputSource):
+    """Noise drawn per batch from a counter-based seed (seed, key, epoch, batch): nothing is ever
+    materialised for all runs at once, and any batch can be regenerated exactly.
+
+    ``fixed=True`` mimics the circulating code's fixed set of n_per_epoch noise images per run,
+    reused every epoch: batch k holds the same images in every epoch (their order across batches
+    is reshuffled per epoch, composition within a batch is kept). ``fixed=False`` draws fresh noise
+    for every batch. Subclasses override ``draw``.
+    """
+
+    name = "noise"
+
+    def __init__(self, seed: int, n_per_epoch: int = 60000, n_in: int = 784, fixed: bool = False,
+                 key: str = "noise"):
+        self.seed = seed
+        self.n_per_epoch = n_per_epoch
+        self.n_in = n_in
+        self.fixed = fixed
+        self.key = key
+
+    def draw(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def epoch(self, epoch, n_runs, batch_size, device):
+        nb = self.n_batches(batch_size)
+        if self.fixed:
+            order = torch.randperm(nb, generator=generator(self.seed, self.key, "batch-order", epoch))
+        for k in range(nb):
+            kk = int(order[k]) if self.fixed else k
+            b = min(batch_size, self.n_per_epoch - kk * batch_size)
+            g = (generator(self.seed, self.key, "fixed", kk, device=device) if self.fixed
+                 else generator(self.seed, self.key, epoch, k, device=device))
+            yield self.draw((n_runs, b, self.n_in), g), None
+
+    def describe(self):
+        return {"name": self.name, "n_per_epoch": self.n_per_epoch, "fixed": self.fixed,
+                "seed": self.seed}
+
+
+class UniformNoise(NoiseSource):
+    """Each pixel ~ Uniform[lo, hi] (default [-1, 1], the paper's noise)."""
+
+    name = "uniform"
+
+    def __init__(self, seed, n_per_epoch=60000, n_in=784, fixed=False, lo=-1.0, hi=1.0, key="noise"):
+        super().__init__(seed, n_per_epoch, n_in, fixed, key)
+        self.lo, self.hi = lo, hi
+
+    def draw(self, shape, gen):
+        return torch.rand(shape, generator=gen, device=gen.device) * (self.hi - self.lo) + self.lo
+
+
+class GaussianNoise(NoiseSource):
+    """Each pixel ~ N(mean, std^2), independently."""
+
+    name = "gaussian"
+
+    def __init__(self, seed, n_per_epoch=60000, n_in=784, fixed=False, std=1.0, mean=0.0, key="noise"):
+        super().__init__(seed, n_per_epoch, n_in, fixed, key)
+        self.std, self.mean = std, mean
+
+    def draw(self, shape, gen):
+        return torch.randn(shape, generator=gen, device=gen.device) * self.std + self.mean
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 3e-4
+    batch_size: int = 1024
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def make_optimizer(model: "Ensemble", lr: float) -> torch.optim.Optimizer:
+    """Adam over the stacked parameters (elementwise, so exactly R independent Adams). Gradient
+    buffers are allocated once and reused by ``train_step``."""
+    for p in model.params():
+        p.requires_grad_(False)
+        p.grad = torch.zeros_like(p)
+    try:
+        return torch.optim.Adam(model.params(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.params(), lr=lr)
+
+
+def train_step(model: Ensemble, x: torch.Tensor, grad_fn: Callable[[torch.Tensor], torch.Tensor],
+               opt: torch.optim.Optimizer) -> None:
+    """One step: forward, hand-written backward, optimizer step.
+
+    ``grad_fn(logits)`` returns d(loss)/d(logits), shape (R, B, n_out), for a loss that is the
+    sum over runs of each run's own loss. The backward pass is the chain rule of the MLP written
+    out (dW = g^T a, db = sum g, g <- (g W) * [a > 0]) with in-place ReLU and the gradient
+    buffers of ``make_optimizer``: it avoids autograd's graph and allocations, and a logit that
+    gets zero gradient (a digit logit of an aux-only student) gives its weight rows an exact zero
+    gradient, so Adam leaves them bit-identical. tests/test_engine.py checks it against autograd.
+    """
+    logits, hidden = model.forward(x, return_hidden=True)
+    acts = [x, *hidden]
+    g = grad_fn(logits)
+    for l in range(model.n_layers - 1, -1, -1):
+        w, b = model.weights[l], model.biases[l]
+        torch.bmm(g.transpose(1, 2), acts[l], out=w.grad)
+        torch.sum(g, dim=1, out=b.grad)
+        if l > 0:
+            g = torch.bmm(g, w)
+            torch.ops.aten.threshold_backward.grad_input(g, acts[l], 0, grad_input=g)  # in place
+    opt.step()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def ce_grad(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """d/dlogits of sum over runs of the batch-mean cross-entropy on the first n_classes logits."""
+    p = torch.softmax(logits[..., :n_classes], dim=-1)
+    p.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(p[..., :1], -1.0)).div_(logits.shape[1])
+    return F.pad(p, (0, logits.shape[-1] - n_classes))
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The loss whose gradient ce_grad is (autograd reference, used in tests and for logging)."""
+    k = n_classes
+    return F.cross_entropy(logits[..., :k].reshape(-1, k), y.reshape(-1), reduction="sum") / logits.shape[1]
+
+
+def train_classifier(model: Ensemble, source: InputSource, tc: TrainConfig,
+                     progress: bool = True, desc: str = "teacher") -> Ensemble:
+    """Train the ensemble with cross-entropy on the class logits only (aux logits excluded).
+
+    The loss is the sum over runs of each run's batch-mean CE, so every run gets exactly the
+    gradient it would get trained alone.
+    """
+    model = model.clone()
+    opt = make_optimizer(model, tc.lr)
+    k = model.cfg.n_classes
+    R = model.n_runs
+    with _progress(tc.epochs * source.n_batches(tc.batch_size), desc, progress) as bar:
+        for ep in range(tc.epochs):
+            for x, y in source.epoch(ep, R, tc.batch_size, model.device):
+                train_step(model, x, lambda z: ce_grad(z, y, k), opt)
+                bar.update(1)
+    return _detach(model)
+
+
+def _detach(model: Ensemble) -> Ensemble:
+    for p in model.params():
+        p.grad = None
+    return model
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "kl",
+                 temperature: float = 1.0, reduction: str = "per_run_mean") -> torch.Tensor:
+    """Distillation loss over the given (already selected) logits, summed over runs.
+
+    kind="kl": KL(softmax(t/T) || softmax(s/T)) * T^2 per example. kind="mse": mean squared error
+    on raw logits (the Comments & Extensions variant).
+    reduction="per_run_mean": each run's mean over its batch, summed over runs (each run gets its
+    own exact gradient). reduction="legacy_batchmean": the circulating code's
+    ``kl_div(..., reduction="batchmean")`` on a (runs, batch, logits) tensor, i.e. the total
+    divided by the number of runs: batch/runs times the per-run loss (SPEC.md defect 1).
+    This is the autograd reference of ``distill_grad``.
+    """
+    if kind == "kl":
+        log_pt = torch.log_softmax(teacher_logits / temperature, dim=-1)
+        log_ps = torch.log_softmax(student_logits / temperature, dim=-1)
+        per_example = (log_pt.exp() * (log_pt - log_ps)).sum(-1) * temperature ** 2
+    elif kind == "mse":
+        per_example = ((student_logits - teacher_logits) ** 2).mean(-1)
+    else:
+        raise UserError(f"unknown distillation loss {kind!r}; choose kl or mse")
+    return per_example.sum(dim=1).sum() * _reduction_scale(reduction, *per_example.shape)
+
+
+def _reduction_scale(reduction: str, n_runs: int, batch: int) -> float:
+    if reduction == "per_run_mean":
+        return 1.0 / batch
+    if reduction == "legacy_batchmean":
+        return 1.0 / n_runs
+    raise UserError(f"unknown reduction {reduction!r}")
+
+
+def distill_grad(student_logits: torch.Tensor, teacher_logits: torch.Tensor, idx: torch.Tensor | None,
+                 kind: str = "kl", temperature: float = 1.0, reduction: str = "per_run_mean") -> torch.Tensor:
+    """d(distill_loss over the logits idx)/d(student logits), zero on the logits not in idx
+    (idx None: all logits). For KL with temperature T: T * (softmax(s/T) - softmax(t/T)) per
+    example; for MSE: 2 (s - t) / |idx|; times the reduction's scale."""
+    s = student_logits if idx is None else student_logits[..., idx]
+    t = teacher_logits if idx is None else teacher_logits[..., idx]
+    scale = _reduction_scale(reduction, s.shape[0], s.shape[1])
+    if kind == "kl":
+        gs = (torch.softmax(s / temperature, -1) - torch.softmax(t / temperature, -1)) * (temperature * scale)
+    elif kind == "mse":
+        gs = (s - t) * (2.0 * scale / s.shape[-1])
+    else:
+        raise UserError(f"unknown distillation loss {kind!r}; choose kl or mse")
+    if idx is None:
+        return gs
+    g = torch.zeros_like(student_logits)
+    g[..., idx] = gs
+    return g
+
+
+@dataclass
+class StudentSpec:
+    """One student ensemble to distill: its init and which logits it matches. Run r of every
+    student learns from teacher run r on the same inputs, so one teacher forward pass per batch
+    serves all students (a cross-model student is one whose init was re-indexed)."""
+    name: str
+    init: Ensemble
+    logit_idx: list[int]
+
+
+def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
+            tc: TrainConfig, kind: str = "kl", temperature: float = 1.0,
+            reduction: str = "per_run_mean", progress: bool = True,
+            callback: Callable[[int, dict], None] | None = None) -> dict[str, Ensemble]:
+    """Distill the teacher into several student ensembles at once.
+
+    For each batch the source yields inputs x (R, B, n_in), run r's inputs. The teacher runs once
+    on x and its logits serve every student (run r of each student matches teacher run r on x[r]).
+    Each student has its own Adam. ``callback(epoch, models)`` is called after each epoch.
+    """
+    R = teacher.n_runs
+    _reduction_scale(reduction, 1, 1)  # validate early
+    if kind not in ("kl", "mse"):
+        raise UserError(f"unknown distillation loss {kind!r}; choose kl or mse")
+    states = []
+    for s in students:
+        m = s.init.clone()
+        if m.n_runs != R:
+            raise UserError(f"student {s.name} has {m.n_runs} runs, teacher has {R}")
+        full = list(s.logit_idx) == list(range(m.cfg.n_out))
+        li = None if full else torch.as_tensor(s.logit_idx, device=m.device)
+        states.append((s.name, m, make_optimizer(m, tc.lr), li))
+    with _progress(tc.epochs * source.n_batches(tc.batch_size), "distill", progress) as bar:
+        for ep in range(tc.epochs):
+            for x, _ in source.epoch(ep, R, tc.batch_size, teacher.device):
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                for name, m, opt, li in states:
+                    train_step(m, x, lambda z: distill_grad(z, t_logits, li, kind, temperature, reduction), opt)
+                bar.update(1)
+            if callback is not None:
+                callback(ep, {name: m for name, m, *_ in states})
+    return {name: _detach(m) for name, m, *_ in states}
+
+
+# ----------------------------------------------------------------------------------------------
+# teacher caching
+# ----------------------------------------------------------------------------------------------
+
+
+def config_key(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reference_and_teacher(cfg: MLPConfig, n_runs: int, seed: int, train: Dataset, tc: TrainConfig,
+                          device, cache_dir: str | Path | None, data_desc: dict,
+                          init_scale: float = 1.0, progress: bool = True) -> tuple[Ensemble, Ensemble, bool]:
+    """The reference init (seeded) and the teacher trained from it, loaded from
+    ``cache_dir/teacher_<key>.pt`` when the same configuration was trained before.
+    Returns (reference, teacher, was_cached)."""
+    ref = Ensemble.init(cfg, n_runs, generator(seed, "init"), device, init_scale)
+    key_cfg = {"kind": "teacher", "mlp": cfg.as_dict(), "runs": n_runs, "seed": seed,
+               "train": tc.as_dict(), "data": data_desc, "init_scale": init_scale, "version": 1}
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"teacher_{config_key(key_cfg)}.pt"
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return ref, Ensemble.from_state(state["teacher"], device), True
+    teacher = train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"config": key_cfg, "teacher": teacher.state()}, tmp)
+        os.replace(tmp, path)
+    return ref, teacher, False
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def mean_ci(values, confidence: float = 0.95) -> dict:
+    """Mean and t-based CI (ddof=1) of per-run values."""
+    from scipy import stats
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    mean = float(v.mean())
+    if n < 2:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "half_width": float("nan"),
+                "std": float("nan"), "n": int(n)}
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "half_width": half,
+            "std": sd, "n": int(n)}
+
+
+def legacy_ci_half_width(values) -> float:
+    """The circulating code's interval: 1.96 x population std (ddof=0) / sqrt(n) (SPEC.md defect 4)."""
+    v = np.asarray(values, dtype=float)
+    return float(1.96 * v.std(ddof=0) / math.sqrt(v.size))
+
+
+def summarize(per_run: dict[str, Sequence[float]]) -> dict:
+    return {k: {**mean_ci(v), "legacy_half_width": legacy_ci_half_width(v),
+                "per_run": [float(a) for a in v]} for k, v in per_run.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# results & provenance
+# ----------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        c = out.stdout.strip() or "unknown"
+        return c + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def save_json(path: str | Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def load_json(path: str | Path) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def provenance(args: argparse.Namespace, t0: float) -> dict:
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+            "seed": args.seed, "n_runs": args.runs, "device": str(args.device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "wall_time_s": round(time.time() - t0, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def base_parser(doc: str, default_runs: int = 25) -> argparse.ArgumentParser:
+    """The arguments every Topic A script takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("common")
+    g.add_argument("--runs", type=positive_int, default=default_runs,
+                   help=f"independent runs (reference inits) trained in parallel; CIs are over these (default {default_runs}, at least 2)")
+    g.add_argument("--seed", type=int, default=0, help="base seed; every random stream is derived from it (default 0)")
+    g.add_argument("--device", default=default_device(),
+                   help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/*.gz (searched before $SUBLIMINAL_DATA_DIR and ./data)")
+    g.add_argument("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset (default mnist)")
+    g.add_argument("--teacher-epochs", type=positive_int, default=5, help="teacher training epochs (default 5)")
+    g.add_argument("--student-epochs", type=positive_int, default=5, help="distillation epochs (default 5)")
+    g.add_argument("--batch-size", type=positive_int, default=1024, help="batch size for teacher and students (default 1024)")
+    g.add_argument("--lr", type=positive_float, default=3e-4, help="Adam learning rate for teacher and students (default 3e-4)")
+    g.add_argument("--n-train", type=positive_int, default=None,
+                   help="use only the first N training images, and N distillation inputs per epoch (quick runs; default all 60000)")
+    g.add_argument("--n-test", type=positive_int, default=None, help="evaluate on the first N test images only (default all)")
+    g.add_argument("--results-dir", default=str(REPO / "results"), help="where the JSON goes (default results/)")
+    g.add_argument("--plots-dir", default=str(REPO / "plots"), help="where the PNG goes (default plots/)")
+    g.add_argument("--cache-dir", default=None, help="teacher cache (default <results-dir>/cache)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the teacher cache")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def parse_common(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.runs < 2:
+        p.error("--runs must be at least 2 (a confidence interval needs two runs)")
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as e:
+        p.error(f"--device {args.device!r}: {e}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available; use --device cpu")
+    args.device = str(dev)
+    if args.cache_dir is None:
+        args.cache_dir = str(Path(args.results_dir) / "cache")
+    if args.no_cache:
+        args.cache_dir = None
+    return args
+
+
+@dataclass
+class Setup:
+    """What most scripts need after parsing: data, configs and a clock."""
+    args: argparse.Namespace
+    train: Dataset
+    test: Dataset
+    tc_teacher: TrainConfig
+    tc_student: TrainConfig
+    t0: float = field(default_factory=time.time)
+
+    @property
+    def data_desc(self) -> dict:
+        a = self.args
+        return {"dataset": a.dataset, "n_train": len(self.train), "n_classes": getattr(a, "n_classes", None)}
+
+
+def setup(args: argparse.Namespace, n_classes: int | None = None) -> Setup:
+    t0 = time.time()
+    train = load_dataset(args.dataset, "train", args.data_dir, n_classes, args.n_train)
+    test = load_dataset(args.dataset, "test", args.data_dir, n_classes, args.n_test)
+    tc_t = TrainConfig(args.teacher_epochs, args.lr, args.batch_size)
+    tc_s = TrainConfig(args.student_epochs, args.lr, args.batch_size)
+    return Setup(args, train, test, tc_t, tc_s, t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# plotting
+# ----------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: str = "MNIST test accuracy",
+              chance: float | None = 0.1, n_label: str | None = None, colors: Sequence[str] | None = None,
+              show_points: bool = True) -> None:
+    """Bars = mean over runs, error bars = t-based 95% CI, dots = individual runs."""
+    plt = _plt()
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(max(6, 1.35 * len(names) + 1.5), 4.8))
+    means = [summary[k]["mean"] for k in names]
+    errs = [summary[k]["half_width"] for k in names]
+    colors = colors or [f"C{i}" for i in range(len(names))]
+    xs = np.arange(len(names))
+    ax.bar(xs, means, yerr=errs, capsize=6, color=colors, alpha=0.75, edgecolor="black", linewidth=0.6)
+    if show_points:
+        rng = np.random.default_rng(0)
+        for i, k in enumerate(names):
+            v = np.asarray(summary[k]["per_run"])
+            ax.scatter(xs[i] + rng.uniform(-0.18, 0.18, v.size), v, s=9, color="black", alpha=0.55, zorder=3)
+    for i, (m, e) in enumerate(zip(means, errs)):
+        ax.text(xs[i], m + (e if np.isfinite(e) else 0) + 0.02, f"{m:.3f}\n±{e:.3f}", ha="center",
+                va="bottom", fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:g})")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([k.replace(" (", "\n(") for k in names], fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.12)
+    n = n_label or f"n = {summary[names[0]]['n']} runs"
+    ax.set_title(f"{title}\nbars: mean; error bars: 95% t-CI; dots: single runs; {n}", fontsize=10)
+    fig.tight_layout()
+    save_fig(fig, path)
+
+
+def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, xlabel: str,
+               ylabel: str = "MNIST test accuracy", chance=None, logx: bool = False,
+               n_label: str | None = None, ax=None, markers: bool = True) -> None:
+    """Line per series: mean over runs at each x, shaded band = t-based 95% CI."""
+    plt = _plt()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4.6))
+    for i, (name, pts) in enumerate(series.items()):
+        m = np.array([p["mean"] for p in pts])
+        lo = np.array([p["ci_low"] for p in pts])
+        hi = np.array([p["ci_high"] for p in pts])
+        ax.plot(x, m, marker="o" if markers else None, ms=4, label=name, color=f"C{i}")
+        ax.fill_between(x, lo, hi, alpha=0.2, color=f"C{i}")
+    if chance is not None:
+        if np.ndim(chance) == 0:
+            ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+        else:
+            ax.plot(x, chance, color="gray", ls="--", lw=1, label="chance")
+    if logx:
+        ax.set_xscale("symlog", linthresh=min(v for v in x if v > 0)) if min(x) <= 0 else ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    n = n_label or f"n = {series[next(iter(series))][0]['n']} runs per point"
+    ax.set_title(f"{title}\nlines: mean; bands: 95% t-CI; {n}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if own:
+        fig.tight_layout()
+        save_fig(fig, path)
+
+
+def save_fig(fig, path: str | Path) -> None:
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def print_table(summary: dict[str, dict], title: str = "") -> None:
+    if title:
+        print(title)
+    w = max(len(k) for k in summary) + 2
+    print(f"{'model':<{w}} {'mean':>7} {'95% CI (t)':>19} {'n':>4}")
+    for k, s in summary.items():
+        print(f"{k:<{w}} {s['mean']:>7.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}] {s['n']:>4}")
