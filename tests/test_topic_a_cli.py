@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 QUICK = ["--runs", "3", "--n-train", "2048", "--n-test", "500", "--teacher-epochs", "2",
-         "--student-epochs", "2", "--no-progress", "--no-cache"]
+         "--student-epochs", "2", "--batch-size", "128", "--lr", "1e-3", "--no-progress", "--no-cache"]
 
 
 def run_script(args, cwd=None, env_extra=None, script="topic_a.py"):
@@ -33,7 +33,7 @@ def test_end_to_end_quick_run_is_deterministic(tmp_path, mnist_dir):
     assert list(s) == ["reference", "teacher", "student (aux only)", "student (all logits)",
                        "cross-model (aux only)", "cross-model (all logits)"]
     assert all(len(v["per_run"]) == 3 and v["ci_low"] <= v["mean"] <= v["ci_high"] for v in s.values())
-    assert s["teacher"]["mean"] > 0.8  # even a 2-epoch teacher on 2k images learns MNIST
+    assert s["teacher"]["mean"] > 0.8  # 32 Adam steps on 2k images already learn MNIST
     assert res["pairing_fixed_points"] == []
     # same seed, same everything
     assert outs[0]["summary"] == outs[1]["summary"]
