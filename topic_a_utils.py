@@ -46,8 +46,11 @@ def _tune_malloc() -> None:
     Each training step allocates tens of MB of fresh activations; with glibc defaults these are
     mmap'd and unmapped every time, and the page faults cost up to half of a batched matmul's
     time on CPU (measured in bench_topic_a.py). Raising the mmap/trim thresholds lets the
-    allocator reuse the memory. No effect on results.
+    allocator reuse the memory. No effect on results. Set SUBLIMINAL_NO_MALLOC_TUNING=1 to skip
+    it (e.g. to measure its effect in bench_topic_a.py).
     """
+    if os.environ.get("SUBLIMINAL_NO_MALLOC_TUNING"):
+        return
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
@@ -56,7 +59,7 @@ def _tune_malloc() -> None:
         pass
 
 
-_tune_malloc() if not os.environ.get("NO_TUNE") else None
+_tune_malloc()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,6 +223,11 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         return Dataset(self.x.to(device), self.y.to(device))
+
+    def classes(self, k: int) -> "Dataset":
+        """The examples with label < k (digits 0..k-1), in their original order."""
+        keep = self.y < k
+        return Dataset(self.x[keep], self.y[keep])
 
 
 def load_dataset(dataset: str = "mnist", split: str = "train", data_dir: str | None = None,
@@ -561,7 +569,148 @@ class GaussianNoise(NoiseSource):
         self.std, self.mean = std, mean
 
     def draw(self, shape, gen):
-        return torch.randn(shape, generator=gen, device=gen.device) * self.std + self.mean
+        std = self.std.to(gen.device) if torch.is_tensor(self.std) else self.std
+        return torch.randn(shape, generator=gen, device=gen.device) * std + self.mean
+
+    def describe(self):
+        std = "per-pixel tensor" if torch.is_tensor(self.std) else self.std
+        return {**super().describe(), "std": std, "mean": self.mean}
+
+
+class SubspaceNoise(NoiseSource):
+    """Gaussian noise confined to a random ``dim``-dimensional subspace of pixel space (its own
+    subspace per run, a seeded orthonormal basis), scaled so that the total variance equals that
+    of i.i.d. N(0, std^2) pixels: only the dimension changes, not the energy."""
+
+    name = "subspace"
+
+    def __init__(self, seed, dim: int, n_per_epoch=60000, n_in=784, fixed=False, std=1.0, key="noise"):
+        super().__init__(seed, n_per_epoch, n_in, fixed, key)
+        if not 1 <= dim <= n_in:
+            raise UserError(f"subspace dimension must be in 1..{n_in}, got {dim}")
+        self.dim, self.std = dim, std
+        self._basis = {}
+
+    def basis(self, n_runs: int, device) -> torch.Tensor:
+        """(R, dim, n_in) orthonormal rows, scaled by std * sqrt(n_in / dim)."""
+        k = (n_runs, str(device))
+        if k not in self._basis:
+            g = generator(self.seed, self.key, "basis", self.dim)
+            q, _ = torch.linalg.qr(torch.randn(n_runs, self.n_in, self.dim, generator=g))
+            self._basis[k] = (q.transpose(1, 2) * (self.std * math.sqrt(self.n_in / self.dim))).to(device)
+        return self._basis[k]
+
+    def draw(self, shape, gen):
+        R, B, _ = shape
+        z = torch.randn((R, B, self.dim), generator=gen, device=gen.device)
+        return torch.bmm(z, self.basis(R, gen.device))
+
+    def describe(self):
+        return {**super().describe(), "dim": self.dim, "std": self.std}
+
+
+class MixedSource(InputSource):
+    """alpha * real image + (1 - alpha) * noise, per run: each run reads the real images in its
+    own order (as ``RealImages``) and gets its own noise (drawn per batch from ``noise.draw``).
+    alpha = 1 is the real images, alpha = 0 pure noise. One epoch = one pass over the images."""
+
+    name = "mixed"
+
+    def __init__(self, data: Dataset, alpha: float, noise: NoiseSource, seed: int, key: str = "mixed"):
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"alpha must be in [0, 1], got {alpha}")
+        self.real = RealImages(data, seed, key + "-order")
+        self.alpha, self.noise, self.seed, self.key = alpha, noise, seed, key
+        self.n_per_epoch = len(data)
+
+    def epoch(self, epoch, n_runs, batch_size, device):
+        for k, (x, y) in enumerate(self.real.epoch(epoch, n_runs, batch_size, device)):
+            if self.alpha < 1.0:
+                g = generator(self.seed, self.key, epoch, k, device=device)
+                x = x.mul_(self.alpha).add_(self.noise.draw(tuple(x.shape), g), alpha=1.0 - self.alpha)
+            yield x, y
+
+    def describe(self):
+        return {"name": self.name, "alpha": self.alpha, "noise": self.noise.describe(),
+                "n_per_epoch": self.n_per_epoch, "seed": self.seed}
+
+
+def first_batch(source: InputSource, n_runs: int, n: int, device="cpu", run: int = 0) -> torch.Tensor:
+    """Up to n inputs that run ``run`` of a source sees first (epoch 0), shape (n, n_in)."""
+    out, have = [], 0
+    for x, _ in source.epoch(0, n_runs, min(n, 4096), device):
+        out.append(x[run])
+        have += x.shape[1]
+        if have >= n:
+            break
+    return torch.cat(out)[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# measurements of inputs, logits and representations
+# ----------------------------------------------------------------------------------------------
+
+
+def pca_spectrum(x: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (descending) of the covariance of the rows of x (N, d)."""
+    x = x.double()
+    xc = x - x.mean(0, keepdim=True)
+    return torch.linalg.eigvalsh(xc.T @ xc / max(1, x.shape[0] - 1)).flip(0).clamp_min(0)
+
+
+def effective_dim(x: torch.Tensor, frac: float = 0.95) -> int:
+    """Number of principal components that explain ``frac`` of the variance of the rows of x."""
+    ev = pca_spectrum(x)
+    c = torch.cumsum(ev, 0) / ev.sum()
+    return int(torch.searchsorted(c, torch.tensor(frac, dtype=c.dtype)).item()) + 1
+
+
+def participation_ratio(x: torch.Tensor) -> float:
+    """(sum lambda)^2 / sum lambda^2 of the covariance spectrum: a smooth effective dimension."""
+    ev = pca_spectrum(x)
+    return float(ev.sum() ** 2 / (ev ** 2).sum())
+
+
+@torch.no_grad()
+def aux_class_coupling(model: "Ensemble", x: torch.Tensor) -> dict:
+    """Per run, on inputs x (R, N, n_in) or (N, n_in): mean |Pearson r| over all (aux, class) logit
+    pairs, and the fraction of the class logits' variance that a linear map of the aux logits
+    explains (R^2 of least squares). Arrays of length R."""
+    z = model(x).double()
+    k = model.cfg.n_classes
+    z = z - z.mean(1, keepdim=True)
+    cls, aux = z[..., :k], z[..., k:]
+    cov = aux.transpose(1, 2) @ cls  # (R, m, k)
+    r = cov / (aux.norm(dim=1)[:, :, None] * cls.norm(dim=1)[:, None, :]).clamp_min(1e-30)
+    coef = torch.linalg.lstsq(aux, cls).solution
+    resid = cls - aux @ coef
+    r2 = 1 - resid.pow(2).sum((1, 2)) / cls.pow(2).sum((1, 2)).clamp_min(1e-30)
+    return {"mean_abs_r": r.abs().mean((1, 2)).cpu().numpy(), "r2": r2.cpu().numpy()}
+
+
+@torch.no_grad()
+def representation_similarity(a: "Ensemble", b: "Ensemble", x: torch.Tensor,
+                              batch_size: int = 2048) -> dict[str, np.ndarray]:
+    """Run r of a vs run r of b on shared inputs x (N, n_in), for every hidden layer l:
+    ``cos_l`` = mean over inputs of the cosine between the two activation vectors, and
+    ``cka_l`` = linear CKA of the two activation matrices. Arrays of length R."""
+    acts_a, acts_b = a.activations(x, batch_size), b.activations(x, batch_size)
+    out = {}
+    for l in range(a.n_layers - 1):
+        ha, hb = acts_a[l].double(), acts_b[l].double()
+        out[f"cos_{l + 1}"] = F.cosine_similarity(ha, hb, dim=-1, eps=1e-12).mean(1).cpu().numpy()
+        out[f"cka_{l + 1}"] = linear_cka(ha, hb).cpu().numpy()
+    return out
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA between (R, N, d1) and (R, N, d2), per run (Kornblith et al. 2019)."""
+    x = x - x.mean(1, keepdim=True)
+    y = y - y.mean(1, keepdim=True)
+    xty = (x.transpose(1, 2) @ y).pow(2).sum((1, 2))
+    xx = (x.transpose(1, 2) @ x).pow(2).sum((1, 2)).sqrt()
+    yy = (y.transpose(1, 2) @ y).pow(2).sum((1, 2)).sqrt()
+    return xty / (xx * yy).clamp_min(1e-30)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -789,6 +938,63 @@ def reference_and_teacher(cfg: MLPConfig, n_runs: int, seed: int, train: Dataset
     return ref, teacher, False
 
 
+def distill_scores(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
+                   tc: TrainConfig, test: Dataset, progress: bool = True,
+                   measure: Callable[[str, Ensemble], dict] | None = None, **kw) -> dict[str, dict]:
+    """Distill, then score every student on ``test``: {name: {"acc": per-run list, **measure(name,
+    model)}}. ``kw`` goes to ``distill`` (kind, temperature, reduction)."""
+    trained = distill(teacher, students, source, tc, progress=progress, **kw)
+    out = {}
+    for name, m in trained.items():
+        out[name] = {"acc": m.accuracy(test).tolist()}
+        if measure is not None:
+            out[name].update({k: np.asarray(v).tolist() for k, v in measure(name, m).items()})
+    return out
+
+
+class Sweep:
+    """A resumable sweep: each finished point is written (atomically) to one JSON file together
+    with the sweep's configuration key; rerunning the same configuration skips finished points,
+    a different configuration starts over."""
+
+    def __init__(self, path: str | Path, config: dict, args: argparse.Namespace, t0: float):
+        self.path, self.config, self.args, self.t0 = Path(path), config, args, t0
+        self.key = config_key(config)
+        old = load_json(self.path)
+        self.points: dict = old["points"] if old and old.get("key") == self.key else {}
+        self.extra: dict = {}
+
+    def run(self, name: str, fn: Callable[[], dict]) -> dict:
+        if name in self.points:
+            print(f"[{name}] on disk, reused")
+            return self.points[name]
+        t = time.time()
+        self.points[name] = json.loads(json.dumps(fn(), default=_jsonable))
+        print(f"[{name}] done in {time.time() - t:.0f}s")
+        self.save()
+        return self.points[name]
+
+    def save(self, **extra) -> None:
+        self.extra.update(extra)
+        save_json(self.path, {"provenance": provenance(self.args, self.t0), "key": self.key,
+                              "config": self.config, "points": self.points, **self.extra})
+
+
+def setup_teacher(S: "Setup", cfg: MLPConfig | None = None, train: Dataset | None = None,
+                  data_desc: dict | None = None, init_scale: float = 1.0, seed: int | None = None,
+                  tc: TrainConfig | None = None) -> tuple[Ensemble, Ensemble]:
+    """Reference init and trained teacher for a script's setup (cached; see reference_and_teacher)."""
+    a = S.args
+    cfg = cfg or MLPConfig()
+    t = time.time()
+    ref, teacher, cached = reference_and_teacher(
+        cfg, a.runs, a.seed if seed is None else seed, S.train if train is None else train,
+        tc or S.tc_teacher, a.device, a.cache_dir, data_desc or S.data_desc, init_scale,
+        progress=not a.no_progress)
+    print(f"teacher {cfg.sizes} {'loaded from cache' if cached else 'trained'} ({time.time() - t:.0f}s)")
+    return ref, teacher
+
+
 # ----------------------------------------------------------------------------------------------
 # statistics
 # ----------------------------------------------------------------------------------------------
@@ -876,7 +1082,8 @@ def load_json(path: str | Path) -> dict | None:
 
 
 def provenance(args: argparse.Namespace, t0: float) -> dict:
-    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+    commit = getattr(args, "git_commit_at_start", None) or git_commit()
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": commit,
             "seed": args.seed, "n_runs": args.runs, "device": str(args.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "wall_time_s": round(time.time() - t0, 1),
@@ -946,6 +1153,7 @@ def base_parser(doc: str, default_runs: int = 25) -> argparse.ArgumentParser:
 
 def parse_common(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
+    args.git_commit_at_start = git_commit()  # the code that runs, not what HEAD is when it ends
     if args.runs < 2:
         p.error("--runs must be at least 2 (a confidence interval needs two runs)")
     try:
@@ -1053,6 +1261,9 @@ def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, x
             ax.plot(x, chance, color="gray", ls="--", lw=1, label="chance")
     if logx:
         ax.set_xscale("symlog", linthresh=min(v for v in x if v > 0)) if min(x) <= 0 else ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     n = n_label or f"n = {series[next(iter(series))][0]['n']} runs per point"
