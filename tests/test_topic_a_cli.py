@@ -81,3 +81,33 @@ def test_help_lists_every_flag():
                  "--fixed-noise", "--compare-defects", "--loss"):
         assert flag in r.stdout
     assert "python topic_a.py --runs 25" in r.stdout  # the docstring's regenerate command
+
+
+TINY = ["--runs", "2", "--n-train", "1024", "--n-test", "300", "--teacher-epochs", "1",
+        "--student-epochs", "1", "--batch-size", "256", "--no-progress", "--no-cache"]
+STEP2 = {
+    "topic_a_shared_init_perturb.py": (["--scales", "0", "0.4"], ["summary", "similarity", "reference_vs_teacher"]),
+    "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
+    "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3"], ["summary"]),
+}
+
+
+@pytest.mark.parametrize("script", list(STEP2))
+def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
+    extra, keys = STEP2[script]
+    args = [*TINY, *extra, "--data-dir", mnist_dir, "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path)]
+    r = run_script(args, script=script)
+    assert r.returncode == 0, r.stderr
+    name = script[:-3]
+    res = json.loads((tmp_path / f"{name}.json").read_text())
+    assert all(k in res for k in keys) and res["provenance"]["n_runs"] == 2
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    for point in res["points"].values():  # every student scored on every run
+        for v in point.values():
+            if isinstance(v, dict) and "acc" in v:
+                assert len(v["acc"]) == 2 and all(0 <= x <= 1 for x in v["acc"])
+    r2 = run_script(args, script=script)  # second run: every point comes from disk
+    assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
+    assert json.loads((tmp_path / f"{name}.json").read_text())["points"] == res["points"]
+    h = run_script(["--help"], script=script)
+    assert h.returncode == 0 and "--runs" in h.stdout and f"python {script}" in h.stdout
