@@ -7,7 +7,7 @@ In one process it measures:
   3. a large fp32 sgemm (4096^3) as this machine's ceiling;
 and the full distillation step of topic_a.py (one teacher pass + 4 student ensembles).
 It prints examples/s (model-examples per second), GFLOP/s, ensemble / one-at-a-time, the fraction
-of the sgemm ceiling, and peak memory. About 1-2 minutes on the 2-core CPU:
+of the sgemm ceiling, and peak memory, and saves them to results/bench_topic_a.json. About 1-2 minutes on the 2-core CPU:
 
     python bench_topic_a.py                 # --runs 25 --device cpu by default
     python bench_topic_a.py --device cuda   # on a GPU
@@ -66,7 +66,9 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     p.add_argument("--device", default=U.default_device(), help="cuda if available, else cpu")
     p.add_argument("--min-time", type=float, default=3.0, help="seconds each measurement runs (default 3)")
+    p.add_argument("--results-dir", default=str(U.REPO / "results"), help="where bench_topic_a.json goes")
     a = p.parse_args()
+    t_start = time.time()
     dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     cfg = U.MLPConfig()
@@ -132,6 +134,16 @@ def main():
           f"{fl_d / t_d / 1e9:7.1f} GFLOP/s = {fl_d / t_d / 1e9 / ceiling:5.1%} of ceiling; "
           f"a 5-epoch 60k distillation: {t_d * 5 * 59:5.0f} s")
     print(f"[memory]   peak {'GPU allocated' if dev.type == 'cuda' else 'RSS'}: {peak_mem_mb(dev):.0f} MB")
+    U.save_json(f"{a.results_dir}/bench_topic_a.json", {
+        "provenance": U.provenance(a, t_start), "sgemm_gflops": ceiling,
+        "ensemble": {"ms_per_step": t_ens * 1e3, "examples_per_s": R * B / t_ens, "gflops": ens_gflops,
+                     "fraction_of_ceiling": ens_gflops / ceiling},
+        "one_by_one": {"ms_per_step": t_loop * 1e3, "examples_per_s": R * B / t_loop, "gflops": loop_gflops,
+                       "fraction_of_ceiling": loop_gflops / ceiling},
+        "ensemble_over_one_by_one": t_loop / t_ens,
+        "distill": {"ms_per_batch": t_d * 1e3, "fraction_of_ceiling": fl_d / t_d / 1e9 / ceiling,
+                    "five_epoch_s": t_d * 5 * 59},
+        "peak_memory_mb": peak_mem_mb(dev)})
 
 
 if __name__ == "__main__":
