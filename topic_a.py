@@ -54,6 +54,8 @@ def parse_args(argv=None):
     g.add_argument("--loss", choices=["kl", "mse"], default="kl",
                    help="distillation loss: kl (paper) or mse on raw logits (Comments & Extensions)")
     g.add_argument("--temperature", type=U.positive_float, default=1.0, help="distillation temperature (default 1)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="redraw the PNG from the results JSON already on disk (no training)")
     g.add_argument("--compare-defects", action="store_true",
                    help="run the fixed replication and each legacy behaviour (same teacher and noise seeds); "
                         "writes topic_a_defects.{png,json}")
@@ -99,8 +101,26 @@ def suffix(a) -> str:
     return s
 
 
+def plot_replication(summary, a):
+    name = "topic_a" + suffix(a)
+    title = (f"Subliminal learning on {a.dataset.upper()} noise distillation ({a.loss.upper()}"
+             f"{', ' + suffix(a).strip('_') if suffix(a) else ''}): MLP 784-256-256-(10+3)")
+    U.bar_chart(summary, f"{a.plots_dir}/{name}.png", title,
+                n_label=f"n = {len(summary['teacher']['per_run'])} runs (independent inits)")
+
+
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only:
+        if a.compare_defects:
+            res = U.load_json(f"{a.results_dir}/topic_a_defects.json")
+            if res is None:
+                raise U.UserError(f"{a.results_dir}/topic_a_defects.json not found; run python topic_a.py --compare-defects")
+            return plot_defects(res["variants"], f"{a.plots_dir}/topic_a_defects.png", a)
+        res = U.load_json(f"{a.results_dir}/topic_a{suffix(a)}.json")
+        if res is None:
+            raise U.UserError(f"{a.results_dir}/topic_a{suffix(a)}.json not found; run topic_a.py without --plot-only")
+        return plot_replication(res["summary"], a)
     S = U.setup(a)
     cfg = U.MLPConfig()
     ref, teacher, cached = U.reference_and_teacher(cfg, a.runs, a.seed, S.train, S.tc_teacher, a.device,
@@ -121,10 +141,7 @@ def main(argv=None):
            "pairing": out["pairing"], "pairing_fixed_points": out["pairing_fixed_points"],
            "summary": summary, "peak_rss_mb": round(U.peak_rss_mb())}
     U.save_json(f"{a.results_dir}/{name}.json", res)
-    title = (f"Subliminal learning on {a.dataset.upper()} noise distillation ({a.loss.upper()}"
-             f"{', ' + suffix(a).strip('_') if suffix(a) else ''}): MLP 784-256-256-(10+3)")
-    U.bar_chart(summary, f"{a.plots_dir}/{name}.png", title,
-                n_label=f"n = {a.runs} runs (independent inits)")
+    plot_replication(summary, a)
     print(f"wrote {a.results_dir}/{name}.json and {a.plots_dir}/{name}.png  "
           f"[{time.time() - S.t0:.0f}s wall, peak RSS {U.peak_rss_mb():.0f} MB]")
 
@@ -183,7 +200,7 @@ def plot_defects(done: dict, path: str, a):
     ax.set_ylabel("MNIST test accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Circulating-code defects vs fixed replication (same teacher and noise seeds)\n"
-                 f"bars: mean; error bars: 95% t-CI over n = {a.runs} runs; dashed: chance", fontsize=10)
+                 f"bars: mean; error bars: 95% t-CI over n = {done[names[0]]['summary'][conds[0]]['n']} runs; dashed: chance", fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     U.save_fig(fig, path)

@@ -1224,16 +1224,16 @@ def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: st
         for i, k in enumerate(names):
             v = np.asarray(summary[k]["per_run"])
             ax.scatter(xs[i] + rng.uniform(-0.18, 0.18, v.size), v, s=9, color="black", alpha=0.55, zorder=3)
-    for i, (m, e) in enumerate(zip(means, errs)):
-        ax.text(xs[i], m + (e if np.isfinite(e) else 0) + 0.02, f"{m:.3f}\n±{e:.3f}", ha="center",
-                va="bottom", fontsize=8)
+    for i, (k, m, e) in enumerate(zip(names, means, errs)):
+        top = max(m + (e if np.isfinite(e) else 0), max(summary[k]["per_run"]) if show_points else 0)
+        ax.text(xs[i], top + 0.015, f"{m:.3f}\n±{e:.3f}", ha="center", va="bottom", fontsize=8)
     if chance is not None:
         ax.axhline(chance, color="gray", ls="--", lw=1, label=f"chance ({chance:g})")
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(xs)
     ax.set_xticklabels([k.replace(" (", "\n(") for k in names], fontsize=9)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.17)
     n = n_label or f"n = {summary[names[0]]['n']} runs"
     ax.set_title(f"{title}\nbars: mean; error bars: 95% t-CI; dots: single runs; {n}", fontsize=10)
     fig.tight_layout()
