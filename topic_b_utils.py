@@ -188,6 +188,11 @@ def load_gguf(path: Path, dev, dtype, progress: bool = True) -> tuple[object, ob
             raise UserError("loading .gguf files needs the gguf package: pip install -r requirements.txt")
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # the weights are already dequantised to fp32; drop the GGUF marker so it saves as a plain model
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         tmp = cached.with_name(cached.name + ".tmp")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -296,37 +301,85 @@ def prompt_state(lm: LM, prompt_ids: Sequence[int]):
     """Run the prompt once: (log-probabilities of the next token (V,), KV cache)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
     out = lm.model(input_ids=ids, use_cache=True)
-    return torch.log_softmax(out.logits[0, -1].float(), -1), out.past_key_values
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        cache = getattr(out, "cache", None)
+    return torch.log_softmax(out.logits[0, -1].float(), -1), cache
+
+
+def _forward(lm: LM, input_ids, kv):
+    """One forward pass continuing from a KV cache (the keyword was renamed in transformers 5)."""
+    import inspect
+    params = inspect.signature(lm.model.forward).parameters
+    key = "cache" if "cache" in params else "past_key_values"
+    return lm.model(input_ids=input_ids, use_cache=True, **{key: kv})
 
 
 @torch.no_grad()
 def sequence_logprobs(lm: LM, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]],
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, stop_mask: torch.Tensor | None = None) -> np.ndarray:
     """log P(candidate | prompt) = sum of its tokens' log-probabilities, for every candidate.
 
     The prompt runs once; its KV cache is copied for each batch of candidates, which are
     right-padded (a causal model never attends to later padding, so no mask is needed).
-    Single-token candidates need no extra forward pass at all.
+    Without ``stop_mask`` single-token candidates need no extra forward pass.
+
+    ``stop_mask`` (bool over the vocabulary): also require that the candidate *ends* there, i.e.
+    multiply by 1 - P(next token in stop_mask | prompt + candidate). With the mask of tokens that
+    continue a digit run this turns P("87" as a prefix) into P(the number 87), which on a
+    digit-splitting tokenizer otherwise also counts 870..879.
     """
     first, cache = prompt_state(lm, prompt_ids)
     out = np.array([float(first[c[0]]) for c in candidates])
-    multi = [i for i, c in enumerate(candidates) if len(c) > 1]
-    pad = 0
-    for s in range(0, len(multi), batch_size):
-        idx = multi[s:s + batch_size]
-        L = max(len(candidates[i]) for i in idx) - 1
-        inp = torch.full((len(idx), L), pad, dtype=torch.long, device=lm.device)
+    need = [i for i, c in enumerate(candidates) if len(c) > 1 or stop_mask is not None]
+    feed = (lambda c: c) if stop_mask is not None else (lambda c: c[:-1])
+    for s in range(0, len(need), batch_size):
+        idx = need[s:s + batch_size]
+        L = max(len(feed(candidates[i])) for i in idx)
+        inp = torch.zeros((len(idx), L), dtype=torch.long, device=lm.device)
         for row, i in enumerate(idx):
-            c = candidates[i][:-1]
+            c = feed(candidates[i])
             inp[row, :len(c)] = torch.tensor(c)
         kv = copy.deepcopy(cache)
         kv.batch_repeat_interleave(len(idx))
-        logits = lm.model(input_ids=inp, past_key_values=kv, use_cache=True).logits.float()
-        logp = torch.log_softmax(logits, -1)
+        logits = _forward(lm, inp, kv).logits.float()  # (b, L, V); no full log-softmax copy
+        lse = torch.logsumexp(logits, -1)
+        tgt = torch.zeros_like(inp)
+        valid = torch.zeros(inp.shape, dtype=torch.bool, device=lm.device)
         for row, i in enumerate(idx):
             c = candidates[i]
-            out[i] += sum(float(logp[row, j, c[j + 1]]) for j in range(len(c) - 1))
+            tgt[row, :len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
+            valid[row, :len(c) - 1] = True
+        tok_lp = (logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse) * valid
+        add = tok_lp.double().sum(1)
+        if stop_mask is not None:
+            last = torch.tensor([len(candidates[i]) - 1 for i in idx], device=lm.device)
+            rows = torch.arange(len(idx), device=lm.device)
+            m = stop_mask.to(lm.device)
+            p_cont = torch.exp(torch.logsumexp(logits[rows, last][:, m], -1) - lse[rows, last]).double()
+            add += torch.log1p(-p_cont.clamp(max=1 - 1e-15))
+        out[idx] += add.cpu().numpy()
     return out
+
+
+def digit_continuation_mask(lm: LM) -> torch.Tensor:
+    """Vocabulary mask of tokens that would extend a number written just before them: tokens
+    whose text starts with a digit (no leading space marker). Sized to the model's logits."""
+    if getattr(lm, "_digit_mask", None) is None:
+        n = lm.model.get_output_embeddings().weight.shape[0]
+        toks = lm.tokenizer.convert_ids_to_tokens(list(range(min(n, len(lm.tokenizer)))))
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[:len(toks)] = torch.tensor([bool(t) and t[0].isdigit() for t in toks])
+        lm._digit_mask = mask
+    return lm._digit_mask
+
+
+def number_logprobs(lm: LM, prompt_text: str, numbers: Sequence[str], lead: str = "",
+                    batch_size: int = 64) -> np.ndarray:
+    """log P(the model writes exactly this number next): the tokens of lead + number, then a
+    token that does not continue the digits."""
+    return sequence_logprobs(lm, encode_prompt(lm, prompt_text), [continuation_ids(lm, lead + n) for n in numbers],
+                             batch_size, stop_mask=digit_continuation_mask(lm))
 
 
 def continuation_logprobs(lm: LM, prompt_text: str, continuations: Sequence[str],
@@ -368,8 +421,77 @@ def animal_table(lm: LM, animals: Sequence[str] = ANIMALS) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# results
+# results, statistics, command line (general helpers shared with Topic A)
 # ----------------------------------------------------------------------------------------------
+
+from topic_a_utils import mean_ci, positive_int, save_fig, save_json, load_json, _plt  # noqa: E402,F401
+
+
+def base_parser(doc: str, default_runs: int = 25) -> argparse.ArgumentParser:
+    """The arguments every Topic B script takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("common")
+    g.add_argument("--model", default=None,
+                   help=f"Hugging Face id, local model directory, .gguf file, or {EMBEDDED_MODEL} (offline). "
+                        f"Default: {DEFAULT_MODEL} if loadable, else {EMBEDDED_MODEL} with a note")
+    g.add_argument("--runs", type=positive_int, default=default_runs,
+                   help=f"size of the random baseline (random numbers / permutation draws) the CIs are over "
+                        f"(default {default_runs})")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    g.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--batch-size", type=positive_int, default=64,
+                   help="candidate continuations scored per forward pass (default 64)")
+    g.add_argument("--show-prompt", action="store_true", help="print every distinct prompt as the model sees it")
+    g.add_argument("--results-dir", default=str(REPO / "results"), help="where the JSON goes (default results/)")
+    g.add_argument("--plots-dir", default=str(REPO / "plots"), help="where the PNG goes (default plots/)")
+    return p
+
+
+def parse_common(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    a = p.parse_args(argv)
+    a.git_commit_at_start = git_commit()
+    try:
+        dev = torch.device(a.device)
+    except RuntimeError as e:
+        p.error(f"--device {a.device!r}: {e}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available; use --device cpu")
+    return a
+
+
+def model_tag(lm: LM) -> str:
+    """Short model name for titles and file names."""
+    return lm.name.split(" ")[0].split("/")[-1]
+
+
+class Prompts:
+    """Renders (and, with --show-prompt, prints once) the prompts of the experiments."""
+
+    def __init__(self, lm: LM, show: bool = False):
+        self.lm, self.show, self.seen = lm, show, set()
+
+    def __call__(self, user: str, system: str | None, prefix: str) -> str:
+        text = render(self.lm, user, system, prefix)
+        if self.show and text not in self.seen:
+            self.seen.add(text)
+            print(f"----- prompt ({len(encode_prompt(self.lm, text))} tokens) -----\n{text}\n-----")
+        return text
+
+    def animal_question(self, system: str | None = None) -> str:
+        return self(ANIMAL_QUESTION, system, ANIMAL_PREFIX)
+
+    def number_task(self, system: str | None = None) -> str:
+        return self(NUMBER_QUESTION, system, NUMBER_PREFIX)
+
+
+def animal_system(animal: str) -> str:
+    return ANIMAL_SYSTEM.format(animal=plural(animal))
+
+
+def number_system(number: str) -> str:
+    return NUMBER_SYSTEM.format(number=number)
+
+
 
 
 def git_commit() -> str:

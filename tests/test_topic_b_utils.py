@@ -141,3 +141,23 @@ def test_animals_and_numbers():
     assert B.plural("wolf") == "wolves" and B.plural("fox") == "foxes" and B.plural("octopus") == "octopuses"
     nums = B.number_strings()
     assert len(nums) == len(set(nums)) == 1100 and "087" in nums and "87" in nums and "0" in nums
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_number_probability_requires_the_number_to_end(models, group):
+    lm = models[(group, False)]
+    prompt = B.render(lm, B.NUMBER_QUESTION, None, B.NUMBER_PREFIX)
+    mask = B.digit_continuation_mask(lm)
+    toks = lm.tokenizer.convert_ids_to_tokens(torch.nonzero(mask).flatten().tolist())
+    assert toks and all(t[0].isdigit() for t in toks) and "<s>" not in toks
+    nums = ["8", "87", "087", "870"]
+    got = B.number_logprobs(lm, prompt, nums, lead=" ", batch_size=2)
+    pids = B.encode_prompt(lm, prompt)
+    for n, g in zip(nums, got):
+        ids = B.continuation_ids(lm, " " + n)
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([pids + ids])).logits[0, -1]
+        p_more = float(torch.softmax(logits.double(), -1)[mask].sum())
+        assert g == pytest.approx(manual_logprob(lm, pids, ids) + np.log1p(-p_more), abs=1e-4)
+    prefix_only = B.continuation_logprobs(lm, prompt, [" " + n for n in nums])
+    assert np.all(got < prefix_only)  # ending there is a further condition
