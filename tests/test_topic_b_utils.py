@@ -161,3 +161,23 @@ def test_number_probability_requires_the_number_to_end(models, group):
         assert g == pytest.approx(manual_logprob(lm, pids, ids) + np.log1p(-p_more), abs=1e-4)
     prefix_only = B.continuation_logprobs(lm, prompt, [" " + n for n in nums])
     assert np.all(got < prefix_only)  # ending there is a further condition
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_best_first_search_finds_the_exact_argmax(models, group):
+    lm = models[(group, False)]
+    prompt = B.render(lm, B.ANIMAL_QUESTION, "You love owls.", B.ANIMAL_PREFIX)
+    nums = [str(i) for i in range(0, 1000, 7)] + ["087", "007"]
+    best, lp, n_exp = B.best_number(lm, prompt, nums, lead=" ")
+    full = B.number_logprobs(lm, prompt, nums, lead=" ")
+    assert best == nums[int(np.argmax(full))]
+    assert lp == pytest.approx(full.max(), abs=1e-4)
+    assert n_exp < len(nums)
+
+
+def test_permutation_threshold_is_a_best_of_n_percentile():
+    null = np.arange(100, dtype=float)
+    t1 = B.permutation_threshold(null, 1)
+    t10 = B.permutation_threshold(null, 10)
+    assert 93 <= t1 <= 96  # 95th percentile of one draw
+    assert t10 > t1 and t10 <= 99
