@@ -635,6 +635,109 @@ class MixedSource(InputSource):
                 "n_per_epoch": self.n_per_epoch, "seed": self.seed}
 
 
+# spatial structure: 28x28 images, filters and spectra in the Fourier domain (circular boundary)
+
+IMG = 28
+
+
+def gaussian_transfer(sigma: float, size: int = IMG, device="cpu") -> torch.Tensor:
+    """(size, size) Fourier transfer function of a Gaussian blur of std ``sigma`` pixels (circular)."""
+    f = torch.fft.fftfreq(size, device=device)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    return torch.exp(-2 * math.pi ** 2 * sigma ** 2 * f2)
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of flattened images x (..., 784) with std ``sigma`` pixels (sigma 0: x)."""
+    if sigma <= 0:
+        return x
+    shape = x.shape
+    img = x.reshape(-1, IMG, IMG)
+    out = torch.fft.ifft2(torch.fft.fft2(img) * gaussian_transfer(sigma, IMG, x.device)).real
+    return out.reshape(shape)
+
+
+def power_spectrum(x: torch.Tensor) -> torch.Tensor:
+    """Mean 2-D power spectrum |FFT(x - mean image)|^2 / n_pixels of flattened images (N, 784)."""
+    img = (x - x.mean(0, keepdim=True)).reshape(-1, IMG, IMG).double()
+    return (torch.fft.fft2(img).abs() ** 2).mean(0) / (IMG * IMG)
+
+
+def radial_profile(spec2d: torch.Tensor, n_bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Average a (28, 28) spectrum over rings of spatial frequency |f| (cycles/pixel, 0..0.5*sqrt2)."""
+    f = torch.fft.fftfreq(spec2d.shape[0])
+    r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).flatten().numpy()
+    v = spec2d.flatten().cpu().numpy()
+    edges = np.linspace(0, r.max() + 1e-9, n_bins + 1)
+    idx = np.digitize(r, edges) - 1
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    prof = np.array([v[idx == i].mean() if np.any(idx == i) else np.nan for i in range(n_bins)])
+    return centers, prof
+
+
+class BlurredNoise(NoiseSource):
+    """Gaussian noise blurred with a Gaussian of std ``sigma`` pixels, rescaled so that every pixel
+    keeps variance std^2: spatial correlation changes, energy does not."""
+
+    name = "blurred-noise"
+
+    def __init__(self, seed, sigma: float, n_per_epoch=60000, n_in=784, fixed=False, std=1.0, key="noise"):
+        super().__init__(seed, n_per_epoch, n_in, fixed, key)
+        self.sigma, self.std = sigma, std
+        h = gaussian_transfer(sigma)
+        self.gain = float(std * math.sqrt(IMG * IMG / (h ** 2).sum()))
+
+    def draw(self, shape, gen):
+        z = torch.randn(shape, generator=gen, device=gen.device)
+        return blur(z, self.sigma) * self.gain
+
+    def describe(self):
+        return {**super().describe(), "sigma": self.sigma, "std": self.std}
+
+
+class SpectrumNoise(NoiseSource):
+    """Random-phase noise with a given 2-D power spectrum (e.g. of blurred MNIST): every image has
+    exactly the target Fourier magnitudes, with the phases of white noise (uniform, Hermitian), plus
+    an optional mean image. Second-order statistics of the target, no spatial structure."""
+
+    name = "spectrum-noise"
+
+    def __init__(self, seed, spectrum: torch.Tensor, mean: torch.Tensor | None = None, n_per_epoch=60000,
+                 fixed=False, key="noise", label: str = ""):
+        super().__init__(seed, n_per_epoch, IMG * IMG, fixed, key)
+        self.amp = torch.sqrt(spectrum.float() * IMG * IMG)
+        self.amp[0, 0] = 0.0  # zero-mean fluctuations; the mean image is added separately
+        self.mean = mean
+        self.label = label
+
+    def draw(self, shape, gen):
+        z = torch.randn(shape, generator=gen, device=gen.device).reshape(-1, IMG, IMG)
+        zf = torch.fft.fft2(z)
+        phase = zf / zf.abs().clamp_min(1e-12)
+        x = torch.fft.ifft2(phase * self.amp.to(z.device)).real.reshape(shape)
+        return x + self.mean.to(x.device) if self.mean is not None else x
+
+    def describe(self):
+        return {**super().describe(), "spectrum_of": self.label, "with_mean": self.mean is not None}
+
+
+class BlurredImages(RealImages):
+    """Real images blurred with a Gaussian of std ``sigma`` pixels (labels are never used)."""
+
+    name = "blurred-images"
+
+    def __init__(self, data: Dataset, seed: int, sigma: float, key: str = "order"):
+        super().__init__(data, seed, key)
+        self.sigma = sigma
+
+    def epoch(self, epoch, n_runs, batch_size, device):
+        for x, y in super().epoch(epoch, n_runs, batch_size, device):
+            yield blur(x, self.sigma), y
+
+    def describe(self):
+        return {**super().describe(), "sigma": self.sigma}
+
+
 def first_batch(source: InputSource, n_runs: int, n: int, device="cpu", run: int = 0) -> torch.Tensor:
     """Up to n inputs that run ``run`` of a source sees first (epoch 0), shape (n, n_in)."""
     out, have = [], 0

@@ -2,6 +2,7 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,49 @@ def test_sweep_resumes_only_its_own_configuration(tmp_path):
     s3.run("p1", lambda: calls.append(3) or {"acc": [0.0]})
     assert calls == [1, 3]
     assert json.loads((tmp_path / "s.json").read_text())["points"]["p1"] == {"acc": [0.0]}
+
+
+def test_blur_and_blurred_noise_keep_variance():
+    x = torch.randn(64, 784)
+    assert torch.equal(U.blur(x, 0), x)
+    b = U.blur(x, 2.0)
+    assert b.shape == x.shape and b.std() < 0.5 * x.std()  # smoothing removes energy...
+    src = U.BlurredNoise(seed=0, sigma=2.0, n_per_epoch=2000, std=0.8)
+    y = next(iter(src.epoch(0, 2, 2000, "cpu")))[0]
+    assert abs(y.std().item() - 0.8) < 0.03  # ...which the noise source puts back
+    # neighbouring pixels are correlated after blurring, independent before
+    img = y[0].reshape(-1, 28, 28)
+    r = torch.corrcoef(torch.stack([img[:, 10, 10], img[:, 10, 11]]))[0, 1]
+    assert r > 0.8
+    y2 = next(iter(src.epoch(0, 2, 2000, "cpu")))[0]
+    assert torch.equal(y, y2)  # seeded
+
+
+def test_spectrum_noise_matches_its_target_spectrum():
+    g = torch.Generator().manual_seed(0)
+    target_imgs = U.blur(torch.randn(4000, 784, generator=g), 1.5) + 0.3 * torch.randn(4000, 784, generator=g)
+    target = U.power_spectrum(target_imgs)
+    src = U.SpectrumNoise(seed=1, spectrum=target, n_per_epoch=4000, label="test")
+    y = next(iter(src.epoch(0, 1, 4000, "cpu")))[0][0]
+    got = U.power_spectrum(y)
+    mask = torch.ones(28, 28, dtype=torch.bool)
+    mask[0, 0] = False
+    rel = ((got - target).abs() / target)[mask]
+    assert rel.max() < 0.05  # every image has exactly the target magnitudes
+    _, prof_t = U.radial_profile(target)
+    _, prof_g = U.radial_profile(got)
+    ok = ~np.isnan(prof_t)
+    ok[0] = False  # the innermost ring is the DC term alone: zero by construction (mean added separately)
+    assert np.allclose(prof_g[ok], prof_t[ok], rtol=0.05)
+    # a white-noise spectrum is flat, a blurred one falls with frequency
+    _, flat = U.radial_profile(U.power_spectrum(torch.randn(4000, 784, generator=g)))
+    assert np.nanmax(flat) / np.nanmin(flat) < 1.3
+    assert prof_t[1] > 5 * prof_t[-3]
+
+
+def test_blurred_images_are_blurred_real_images():
+    d = U.Dataset(torch.randn(50, 784), torch.zeros(50, dtype=torch.long))
+    a = [x for x, _ in U.RealImages(d, 3).epoch(0, 2, 25, "cpu")]
+    b = [x for x, _ in U.BlurredImages(d, 3, sigma=1.0).epoch(0, 2, 25, "cpu")]
+    for xa, xb in zip(a, b):
+        torch.testing.assert_close(xb, U.blur(xa, 1.0))
