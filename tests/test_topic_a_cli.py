@@ -89,6 +89,7 @@ STEP2 = {
     "topic_a_shared_init_perturb.py": (["--scales", "0", "0.4"], ["summary", "similarity", "reference_vs_teacher"]),
     "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
     "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3"], ["summary"]),
+    "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
 }
 
 

@@ -1,0 +1,193 @@
+"""Takehome step 3, question 2: which distillation inputs carry subliminal learning best, and why?
+
+One script, one distillation-input mechanism (topic_a_utils input sources), five families:
+  variance   i.i.d. Gaussian noise, std in STDS;
+  blur       Gaussian noise blurred with a Gaussian of std sigma pixels, rescaled to unit pixel variance;
+  subspace   Gaussian noise in a random k-dimensional subspace (own per run), same total variance;
+  spectrum   random-phase noise with the power spectrum (and mean image) of MNIST blurred by sigma;
+  blurred    MNIST training images blurred by sigma (labels unused);
+and a figure of the radial power spectra of these families (--study spectra, no training).
+Every point distils an aux-only student from the same cached teacher as topic_a.py and records
+its test accuracy after every epoch, so one run gives both the takehome's 5-epoch budget and a
+longer one (--epochs, default 20; Adam at a constant learning rate, so the first 5 epochs are
+exactly the 5-epoch run). Per point we also measure candidate predictors on 5000 inputs: the
+effective dimension of the inputs (PCA-95% and participation ratio), the participation ratio of
+the teacher's last hidden layer on them, and the teacher's aux-digit logit coupling (R^2).
+The predictor is chosen on the variance/blur/subspace families and tested on spectrum/blurred.
+
+Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json (all studies:
+about 2.5 h on the 2-core CPU at 25 runs, minutes on a GPU; resumes finished points):
+
+    python topic_a_noise_spectrum.py --runs 25 --study all
+    python topic_a_noise_spectrum.py --study spectra      # the spectra figure alone, seconds
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import topic_a_utils as U
+
+STDS = [0.25, 0.5, 1.0, 2.0, 4.0]
+SIGMAS = [0.0, 0.5, 1.0, 2.0, 4.0]
+DIMS = [8, 32, 128, 392, 784]
+IMG_SIGMAS = [0.0, 1.0, 2.0]
+FIT = ("variance", "blur", "subspace")
+HELD_OUT = ("spectrum", "blurred")
+STUDIES = FIT + HELD_OUT
+
+
+def parse_args(argv=None):
+    p = U.base_parser(__doc__)
+    g = p.add_argument_group("topic_a_noise_spectrum.py")
+    g.add_argument("--study", choices=[*STUDIES, "spectra", "all"], default="all",
+                   help="which family to run (default all; 'spectra' only draws the spectra figure)")
+    g.add_argument("--epochs", type=U.positive_int, default=20,
+                   help="distillation epochs; accuracy is recorded after every epoch (default 20)")
+    g.add_argument("--n-measure", type=U.positive_int, default=5000, help="inputs for the predictors (default 5000)")
+    a = U.parse_common(p, argv)
+    if a.epochs < a.student_epochs:
+        p.error("--epochs must be at least --student-epochs (the short budget is read off the long run)")
+    return a
+
+
+def families(S: U.Setup) -> dict[str, list[tuple[str, float, U.InputSource]]]:
+    """(label, x value, source) per family; sources are built lazily by the caller's study choice."""
+    a, n = S.args, len(S.train)
+    mean_img = S.train.x.mean(0)
+    out = {
+        "variance": [(f"std={s:g}", s, U.GaussianNoise(a.seed, n, std=s)) for s in STDS],
+        "blur": [(f"sigma={s:g}", s, U.BlurredNoise(a.seed, s, n)) for s in SIGMAS],
+        "subspace": [(f"dim={k}", k, U.SubspaceNoise(a.seed, k, n)) for k in DIMS],
+        "spectrum": [(f"sigma={s:g}", s, U.SpectrumNoise(a.seed, U.power_spectrum(U.blur(S.train.x[:20000], s)),
+                                                         mean=U.blur(mean_img, s), n_per_epoch=n,
+                                                         label=f"MNIST blurred sigma={s:g}")) for s in IMG_SIGMAS],
+        "blurred": [(f"sigma={s:g}", s, U.BlurredImages(S.train, a.seed, s, "distill-order")) for s in IMG_SIGMAS],
+    }
+    return out
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    S = U.setup(a)
+    fams = families(S)
+    if a.study == "spectra":
+        return plot_spectra(S, fams, a)
+    cfg = U.MLPConfig()
+    ref, teacher = U.setup_teacher(S, cfg)
+    tc = U.TrainConfig(a.epochs, a.lr, a.batch_size)
+    sweep = U.Sweep(f"{a.results_dir}/topic_a_noise_spectrum.json",
+                    {"runs": a.runs, "seed": a.seed, "teacher": S.tc_teacher.as_dict(), "epochs": a.epochs,
+                     "lr": a.lr, "batch": a.batch_size, "data": S.data_desc, "n_measure": a.n_measure}, a, S.t0)
+    todo = STUDIES if a.study == "all" else (a.study,)
+    for fam in todo:
+        for label, xval, src in fams[fam]:
+            def point(src=src):
+                curve = []
+                U.distill(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)], src, tc,
+                          progress=not a.no_progress,
+                          callback=lambda ep, ms: curve.append(ms["aux only"].accuracy(S.test).tolist()))
+                x = U.first_batch(src, a.runs, a.n_measure)
+                h2 = teacher.activations(x)[-2]
+                return {"acc_by_epoch": curve, "effective_dim_95": U.effective_dim(x),
+                        "participation_ratio": U.participation_ratio(x),
+                        "teacher_h2_participation_ratio": float(np.mean([U.participation_ratio(h2[r])
+                                                                         for r in range(min(5, a.runs))])),
+                        "coupling_r2": U.aux_class_coupling(teacher, x)["r2"].tolist(),
+                        "source": src.describe()}
+            sweep.run(f"{fam} {label}", point)
+    summary = summarise(sweep.points, fams, a)
+    sweep.save(summary=summary, peak_rss_mb=round(U.peak_rss_mb()))
+    plot_results(summary, a)
+    plot_spectra(S, fams, a)
+
+
+PREDICTORS = ("effective_dim_95", "participation_ratio", "teacher_h2_participation_ratio", "coupling_r2")
+
+
+def summarise(points, fams, a):
+    from scipy import stats
+    out = {"families": {}, "predictors": {}}
+    short, long_ = a.student_epochs - 1, a.epochs - 1
+    rows = []
+    for fam, items in fams.items():
+        pts = [(label, x, points.get(f"{fam} {label}")) for label, x, _ in items]
+        pts = [p for p in pts if p[2] is not None]
+        if not pts:
+            continue
+        out["families"][fam] = {
+            "x": [x for _, x, _ in pts], "labels": [lb for lb, _, _ in pts],
+            "short": [U.mean_ci(p["acc_by_epoch"][short]) for _, _, p in pts],
+            "long": [U.mean_ci(p["acc_by_epoch"][long_]) for _, _, p in pts],
+            **{k: [float(np.mean(p[k])) for _, _, p in pts] for k in PREDICTORS}}
+        for _, _, p in pts:
+            rows.append((fam, float(np.mean(p["acc_by_epoch"][short])), float(np.mean(p["acc_by_epoch"][long_])),
+                         {k: float(np.mean(p[k])) for k in PREDICTORS}))
+    for k in PREDICTORS:
+        fit = [(r[1], r[3][k]) for r in rows if r[0] in FIT]
+        held = [(r[1], r[3][k]) for r in rows if r[0] in HELD_OUT]
+        entry = {}
+        for name, pts in (("fit", fit), ("held_out", held)):
+            if len(pts) >= 3:
+                rho = stats.spearmanr([p[1] for p in pts], [p[0] for p in pts])
+                entry[name] = {"spearman": float(rho.statistic), "p": float(rho.pvalue), "n_points": len(pts)}
+        out["predictors"][k] = entry
+    return out
+
+
+def plot_results(summary, a):
+    plt = U._plt()
+    fams = summary["families"]
+    fig, axes = plt.subplots(1, len(fams) + 1, figsize=(4.6 * (len(fams) + 1), 4.6))
+    axes = np.atleast_1d(axes)
+    n = f"n = {a.runs} runs per point"
+    xlabels = {"variance": "noise std", "blur": "blur sigma (pixels)", "subspace": "subspace dimension k",
+               "spectrum": "sigma of the blurred-MNIST spectrum", "blurred": "blur sigma of MNIST images"}
+    for ax, (fam, v) in zip(axes, fams.items()):
+        U.sweep_plot(v["x"], {f"{a.student_epochs} epochs": v["short"], f"{a.epochs} epochs": v["long"]}, None,
+                     f"{fam}", xlabels[fam], chance=0.1, ax=ax, n_label=n,
+                     logx=fam in ("variance", "subspace"))
+    ax = axes[-1]
+    for i, (fam, v) in enumerate(fams.items()):
+        ax.scatter(v["teacher_h2_participation_ratio"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}")
+    ax.set_xlabel("participation ratio of the teacher's hidden-2 activations on the inputs")
+    ax.set_ylabel(f"aux-only student accuracy ({a.student_epochs} epochs)")
+    ax.set_title("A candidate predictor across families", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle("Aux-only student accuracy by distillation-input family (MNIST MLP 784-256-256-(10+3))", fontsize=11)
+    fig.tight_layout()
+    U.save_fig(fig, f"{a.plots_dir}/topic_a_noise_spectrum.png")
+    print(f"wrote {a.plots_dir}/topic_a_noise_spectrum.png")
+
+
+def plot_spectra(S, fams, a):
+    plt = U._plt()
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    curves = {"MNIST": S.train.x[:5000]}
+    pick = {"blurred": ("sigma=1", "sigma=2"), "blur": ("sigma=0", "sigma=1", "sigma=2"), "subspace": ("dim=32",),
+            "spectrum": ("sigma=1",)}
+    for fam, labels in pick.items():
+        for label, _, src in fams[fam]:
+            if label in labels:
+                curves[f"{fam} {label}"] = U.first_batch(src, 1, 5000)
+    curves["uniform U[-1,1]"] = U.first_batch(U.UniformNoise(a.seed, 5000), 1, 5000)
+    for i, (name, x) in enumerate(curves.items()):
+        f, prof = U.radial_profile(U.power_spectrum(x))
+        style = {"spectrum": ("--", "x", 7), "blurred": ("-", "o", 3), "MNIST": ("-", "o", 3)}.get(
+            name.split(" ")[0], (":", "s", 3))
+        ax.plot(f[1:], prof[1:], ls=style[0], marker=style[1], ms=style[2], label=name, color=f"C{i % 10}")
+    ax.set_yscale("log")
+    ax.set_xlabel("spatial frequency |f| (cycles per pixel)")
+    ax.set_ylabel("mean power per pixel (mean image removed)")
+    ax.set_title("Radial power spectra of the distillation-input families (5000 images each)\n"
+                 "spectrum-matched noise (dashed, x) lies on the blurred images it copies", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    U.save_fig(fig, f"{a.plots_dir}/topic_a_noise_spectrum_spectra.png")
+    print(f"wrote {a.plots_dir}/topic_a_noise_spectrum_spectra.png")
+
+
+if __name__ == "__main__":
+    U.run_main(main)
