@@ -112,3 +112,14 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
     assert json.loads((tmp_path / f"{name}.json").read_text())["points"] == res["points"]
     h = run_script(["--help"], script=script)
     assert h.returncode == 0 and "--runs" in h.stdout and f"python {script}" in h.stdout
+
+
+def test_mechanism_script_reports_bit_identical_digit_rows(tmp_path, mnist_dir):
+    r = run_script([*TINY, "--every", "2", "--n-eval", "200", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
+                    "--plots-dir", str(tmp_path)], script="topic_a_mechanism.py")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "topic_a_mechanism.json").read_text())
+    assert res["digit_rows_bit_identical"] == [True, True]
+    assert res["track"][0]["step"] == 0 and len(res["track"]) >= 2
+    assert res["track"][0]["cka_1"] != [1.0, 1.0]  # the reference is not the teacher
+    assert (tmp_path / "topic_a_mechanism.png").stat().st_size > 10_000
