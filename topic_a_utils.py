@@ -844,7 +844,7 @@ def make_optimizer(model: "Ensemble", lr: float) -> torch.optim.Optimizer:
 
 
 def train_step(model: Ensemble, x: torch.Tensor, grad_fn: Callable[[torch.Tensor], torch.Tensor],
-               opt: torch.optim.Optimizer) -> None:
+               opt: torch.optim.Optimizer, frozen_rows: Sequence[int] | None = None) -> None:
     """One step: forward, hand-written backward, optimizer step.
 
     ``grad_fn(logits)`` returns d(loss)/d(logits), shape (R, B, n_out), for a loss that is the
@@ -864,6 +864,9 @@ def train_step(model: Ensemble, x: torch.Tensor, grad_fn: Callable[[torch.Tensor
         if l > 0:
             g = torch.bmm(g, w)
             torch.ops.aten.threshold_backward.grad_input(g, acts[l], 0, grad_input=g)  # in place
+    if frozen_rows is not None:  # output rows that must not move (their gradient still reached the body)
+        model.weights[-1].grad[:, frozen_rows] = 0
+        model.biases[-1].grad[:, frozen_rows] = 0
     opt.step()
 
 
@@ -887,20 +890,24 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tens
 
 
 def train_classifier(model: Ensemble, source: InputSource, tc: TrainConfig,
-                     progress: bool = True, desc: str = "teacher") -> Ensemble:
+                     progress: bool = True, desc: str = "teacher", freeze_class_head: bool = False) -> Ensemble:
     """Train the ensemble with cross-entropy on the class logits only (aux logits excluded).
 
     The loss is the sum over runs of each run's batch-mean CE, so every run gets exactly the
-    gradient it would get trained alone.
+    gradient it would get trained alone. ``freeze_class_head`` keeps the last layer's class rows at
+    their init (their gradient is zeroed, so Adam never moves them): the teacher must then learn
+    through its hidden layers alone, the only part an aux-only student can copy.
     """
     model = model.clone()
     opt = make_optimizer(model, tc.lr)
     k = model.cfg.n_classes
     R = model.n_runs
+
     with _progress(tc.epochs * source.n_batches(tc.batch_size), desc, progress) as bar:
         for ep in range(tc.epochs):
             for x, y in source.epoch(ep, R, tc.batch_size, model.device):
-                train_step(model, x, lambda z: ce_grad(z, y, k), opt)
+                train_step(model, x, lambda z: ce_grad(z, y, k), opt,
+                           frozen_rows=list(range(k)) if freeze_class_head else None)
                 bar.update(1)
     return _detach(model)
 
@@ -1019,20 +1026,24 @@ def config_key(cfg: dict) -> str:
 
 def reference_and_teacher(cfg: MLPConfig, n_runs: int, seed: int, train: Dataset, tc: TrainConfig,
                           device, cache_dir: str | Path | None, data_desc: dict,
-                          init_scale: float = 1.0, progress: bool = True) -> tuple[Ensemble, Ensemble, bool]:
+                          init_scale: float = 1.0, progress: bool = True,
+                          freeze_class_head: bool = False) -> tuple[Ensemble, Ensemble, bool]:
     """The reference init (seeded) and the teacher trained from it, loaded from
     ``cache_dir/teacher_<key>.pt`` when the same configuration was trained before.
     Returns (reference, teacher, was_cached)."""
     ref = Ensemble.init(cfg, n_runs, generator(seed, "init"), device, init_scale)
     key_cfg = {"kind": "teacher", "mlp": cfg.as_dict(), "runs": n_runs, "seed": seed,
                "train": tc.as_dict(), "data": data_desc, "init_scale": init_scale, "version": 1}
+    if freeze_class_head:  # only added when set, so earlier cache keys stay valid
+        key_cfg["freeze_class_head"] = True
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"teacher_{config_key(key_cfg)}.pt"
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
             return ref, Ensemble.from_state(state["teacher"], device), True
-    teacher = train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress)
+    teacher = train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress,
+                               freeze_class_head=freeze_class_head)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

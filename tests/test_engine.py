@@ -243,3 +243,13 @@ def test_hand_written_backward_equals_autograd(kind, T, reduction, idx):
         for a, b in zip(m.params(), ref.params()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
         assert torch.equal(m.weights[0], e.weights[0])  # NoStep: weights untouched
+
+
+def test_frozen_class_head_teacher_learns_through_its_body_only():
+    data = tiny_data()
+    ref = U.Ensemble.init(SMALL, 2, U.generator(9, "init"))
+    t = U.train_classifier(ref, U.RealImages(data, 0), U.TrainConfig(3, 1e-2, 32), progress=False,
+                           freeze_class_head=True)
+    assert torch.equal(t.weights[-1], ref.weights[-1]) and torch.equal(t.biases[-1], ref.biases[-1])
+    assert not torch.equal(t.weights[0], ref.weights[0])
+    assert (t.accuracy(data) > ref.accuracy(data)).all()
