@@ -103,8 +103,9 @@ def suffix(a) -> str:
 
 def plot_replication(summary, a):
     name = "topic_a" + suffix(a)
-    title = (f"Subliminal learning on {a.dataset.upper()} noise distillation ({a.loss.upper()}"
-             f"{', ' + suffix(a).strip('_') if suffix(a) else ''}): MLP 784-256-256-(10+3)")
+    flags = [f for f in suffix(a).strip("_").split("_") if f and f != a.loss]
+    title = (f"Subliminal learning on {a.dataset.upper()} noise distillation ({a.loss.upper()} loss"
+             f"{', ' + ', '.join(flags) if flags else ''}): MLP 784-256-256-(10+3)")
     U.bar_chart(summary, f"{a.plots_dir}/{name}.png", title,
                 n_label=f"n = {len(summary['teacher']['per_run'])} runs (independent inits)")
 
