@@ -462,6 +462,78 @@ def permutation_threshold(null_ratios: np.ndarray, n: int, repeats: int = 10_000
 
 
 # ----------------------------------------------------------------------------------------------
+# unembedding geometry and head swaps
+# ----------------------------------------------------------------------------------------------
+
+
+def unembedding(lm: LM) -> torch.Tensor:
+    """The output head's weight (V, d): row t is the unembedding direction of token t."""
+    return lm.model.get_output_embeddings().weight
+
+
+def string_direction(lm: LM, text: str) -> torch.Tensor:
+    """Unembedding direction of a string: its tokens' rows averaged (paper, eq. 1 for multi-token)."""
+    return unembedding(lm)[continuation_ids(lm, text)].float().mean(0)
+
+
+@torch.no_grad()
+def unembed_cosine(lm: LM, numbers: Sequence[str], concepts: Sequence[str]) -> np.ndarray:
+    """cos(U_number, U_concept) for every pair (paper, eq. 1): array (len(numbers), len(concepts))."""
+    a = torch.stack([string_direction(lm, n) for n in numbers])
+    b = torch.stack([string_direction(lm, c) for c in concepts])
+    return (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T).cpu().numpy()
+
+
+def heads_tied(model) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight is inp.weight
+
+
+@torch.no_grad()
+def untie_head(model) -> None:
+    """Give the output head its own copy of the (tied) embedding matrix, so that changing one no
+    longer changes the other; the config is marked untied so transformers never re-ties them."""
+    if heads_tied(model):
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The norm applied to the last residual stream before the head."""
+    inner = getattr(model, "model", model)
+    for name in ("norm", "final_layernorm", "ln_f"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise UserError(f"no final norm found in {type(model).__name__}")
+
+
+@torch.no_grad()
+def swap_in(target: LM, donor: LM, part: str) -> LM:
+    """A copy of ``target`` with ``donor``'s output head (part="head") or final norm (part="norm").
+
+    Tied embeddings are untied first: the swapped head never changes the input embedding
+    (tests/test_topic_b_utils.py checks this). The two models must share the vocabulary and width."""
+    model = copy.deepcopy(target.model)
+    if part == "head":
+        untie_head(model)
+        src = donor.model.get_output_embeddings().weight
+        dst = model.get_output_embeddings().weight
+        if src.shape != dst.shape:
+            raise UserError(f"head shapes differ: {tuple(src.shape)} vs {tuple(dst.shape)}")
+        dst.copy_(src.to(dst.dtype))
+    elif part == "norm":
+        dst_sd, src_sd = final_norm(model).state_dict(), final_norm(donor.model).state_dict()
+        final_norm(model).load_state_dict({k: v.to(dst_sd[k].dtype) for k, v in src_sd.items()})
+    else:
+        raise UserError(f"unknown part {part!r}; choose head or norm")
+    return LM(model, target.tokenizer, f"{target.name} with {part} of {donor.name}", target.device, target.dtype,
+              target.source, [*target.notes, f"{part} from {donor.name}"])
+
+
+# ----------------------------------------------------------------------------------------------
 # candidate sets
 # ----------------------------------------------------------------------------------------------
 

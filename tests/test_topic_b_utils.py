@@ -181,3 +181,42 @@ def test_permutation_threshold_is_a_best_of_n_percentile():
     t10 = B.permutation_threshold(null, 10)
     assert 93 <= t1 <= 96  # 95th percentile of one draw
     assert t10 > t1 and t10 <= 99
+
+
+def test_head_swap_never_touches_the_tied_input_embedding(tmp_path):
+    a = B.load_model(str(build(tmp_path / "a", True, False)), device="cpu")
+    torch.manual_seed(1)
+    d = build(tmp_path / "b", True, False)  # same seed inside build: perturb b so the models differ
+    b = B.load_model(str(d), device="cpu")
+    with torch.no_grad():
+        for p in b.model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    assert B.heads_tied(a.model) and B.heads_tied(b.model)
+    emb_before = a.model.get_input_embeddings().weight.detach().clone()
+    h = B.swap_in(a, b, "head")
+    assert not B.heads_tied(h.model)
+    assert torch.equal(h.model.get_input_embeddings().weight, emb_before)  # input embedding kept
+    assert torch.equal(h.model.get_output_embeddings().weight, b.model.get_output_embeddings().weight)
+    assert torch.equal(a.model.get_output_embeddings().weight, emb_before)  # the original is untouched
+    assert B.heads_tied(a.model)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        la, lh = a.model(ids).logits, h.model(ids).logits
+        back = B.swap_in(h, a, "head")
+        lb = back.model(ids).logits
+    assert not torch.allclose(la, lh)
+    torch.testing.assert_close(lb, la)  # swapping the original head back restores the model
+    n = B.swap_in(a, b, "norm")
+    assert torch.equal(B.final_norm(n.model).weight, B.final_norm(b.model).weight)
+    assert torch.equal(n.model.get_output_embeddings().weight, emb_before)
+    with pytest.raises(B.UserError):
+        B.swap_in(a, b, "wings")
+
+
+def test_unembed_cosine_matches_direct_computation(models):
+    lm = models[(True, False)]
+    c = B.unembed_cosine(lm, ["087", "7"], [" owl", " sea turtle"])
+    U = lm.model.get_output_embeddings().weight.detach()
+    ids = lambda s: B.continuation_ids(lm, s)
+    want = torch.nn.functional.cosine_similarity(U[ids("087")].mean(0), U[ids(" sea turtle")].mean(0), dim=0)
+    assert c.shape == (2, 2) and c[0, 1] == pytest.approx(float(want), abs=1e-6)
