@@ -204,6 +204,25 @@ def load_gguf(path: Path, dev, dtype, progress: bool = True) -> tuple[object, ob
     return model.to(dev, dtype), tok, notes
 
 
+def hub_unavailable(repo_id: str, timeout: float = 3.0) -> str | None:
+    """None if ``repo_id`` can be loaded (in the local Hugging Face cache, or the Hub answers);
+    else a short reason. Avoids minutes of retries when the machine is offline."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return None
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        return "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    import socket
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return None
+    except OSError as e:
+        return f"not in the local Hugging Face cache and huggingface.co is unreachable: {e}"
+
+
 def load_model(name: str | None = None, device=None, dtype: torch.dtype | None = None,
                progress: bool = True) -> LM:
     """Load a model by Hugging Face id, local directory, .gguf file or ``gemma-3-270m``.
@@ -213,12 +232,15 @@ def load_model(name: str | None = None, device=None, dtype: torch.dtype | None =
     """
     dev, dtype = _pick(device, dtype)
     if name is None:
-        try:
-            return load_model(DEFAULT_MODEL, device, dtype, progress)
-        except UserError as e:
-            print(f"note: {DEFAULT_MODEL} is not available here ({str(e).splitlines()[0][:120]}); "
-                  f"using the embedded {EMBEDDED_MODEL} (base model, GGUF) instead", file=sys.stderr)
-            return load_model(EMBEDDED_MODEL, device, dtype, progress)
+        why = hub_unavailable(DEFAULT_MODEL)
+        if why is None:
+            try:
+                return load_model(DEFAULT_MODEL, device, dtype, progress)
+            except UserError as e:
+                why = str(e).splitlines()[0][:160]
+        print(f"note: {DEFAULT_MODEL} is not available here ({why}); using the embedded {EMBEDDED_MODEL} "
+              f"(base model, GGUF) instead", file=sys.stderr)
+        return load_model(EMBEDDED_MODEL, device, dtype, progress)
     AutoModelForCausalLM, AutoTokenizer = _hf()
     if name == EMBEDDED_MODEL:
         model, tok, notes = load_gguf(embedded_gguf(), dev, dtype, progress)

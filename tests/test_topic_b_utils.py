@@ -220,3 +220,19 @@ def test_unembed_cosine_matches_direct_computation(models):
     ids = lambda s: B.continuation_ids(lm, s)
     want = torch.nn.functional.cosine_similarity(U[ids("087")].mean(0), U[ids(" sea turtle")].mean(0), dim=0)
     assert c.shape == (2, 2) and c[0, 1] == pytest.approx(float(want), abs=1e-6)
+
+
+def test_default_model_fallback_is_decided_without_network(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    why = B.hub_unavailable("no-such-org/no-such-model-xyz")
+    assert why is not None and "HF_HUB_OFFLINE" in why
+    # with no name, load_model says so in one line and falls back to the embedded model
+    fixture = B.load_model(str(build(tmp_path, True, True)), device="cpu")
+    monkeypatch.setattr(B, "DEFAULT_MODEL", "no-such-org/no-such-model-xyz")
+    monkeypatch.setattr(B, "embedded_gguf", lambda: tmp_path / "embedded.gguf")
+    monkeypatch.setattr(B, "load_gguf", lambda path, dev, dtype, progress=True: (fixture.model, fixture.tokenizer, []))
+    capsys.readouterr()  # drop the fixture's own progress output
+    lm = B.load_model(None, device="cpu")
+    assert lm.source == "gguf" and lm.model is fixture.model
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not available here" in err[0] and B.EMBEDDED_MODEL in err[0]
