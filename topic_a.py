@@ -7,13 +7,14 @@ logits, which never received a gradient. Baselines: a student distilled on all 1
 "cross-model" students whose init is another run's reference (a derangement: no run is paired
 with itself), distilled from this teacher.
 
-Regenerate plots/topic_a.png and results/topic_a.json (about 3.5 min on the 2-core CPU, 25 runs):
+Regenerate plots/topic_a.png and results/topic_a.json (6 min on the 2-core CPU, 25 runs; 362 s measured):
 
     python topic_a.py --runs 25
 
 The defect study (SPEC.md): the replication once with the fixed code and once with each old
 behaviour of the circulating implementation, all from the same cached teacher and noise streams,
-to plots/topic_a_defects.png and results/topic_a_defects.json (about 13 min on CPU):
+to plots/topic_a_defects.png and results/topic_a_defects.json (about 25 min on the 2-core CPU
+with the teacher cached; 43 min measured while other jobs shared the CPU):
 
     python topic_a.py --runs 25 --compare-defects
 
