@@ -205,6 +205,12 @@ def plot(rows, s, lm, path):
     ax.set_ylabel("ratio, single-next-token view (circulating code)")
     ax.set_title("Exact vs single-token method (one dot per animal and direction)", fontsize=10)
     ax.legend(fontsize=8)
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    for ax in axes:
+        for axis in ([ax.xaxis, ax.yaxis] if ax is not axes[1] else [ax.xaxis]):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"Animal <-> number entanglement on {lm.name}", fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
