@@ -323,9 +323,9 @@ def prompt_state(lm: LM, prompt_ids: Sequence[int]):
     """Run the prompt once: (log-probabilities of the next token (V,), KV cache)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
     out = lm.model(input_ids=ids, use_cache=True)
-    cache = getattr(out, "past_key_values", None)
+    cache = out.get("cache") if hasattr(out, "get") else None  # transformers >= 5 name, no warning
     if cache is None:
-        cache = getattr(out, "cache", None)
+        cache = getattr(out, "past_key_values", None)
     return torch.log_softmax(out.logits[0, -1].float(), -1), cache
 
 
