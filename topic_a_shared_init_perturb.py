@@ -11,9 +11,10 @@ topic_a.py. After distillation we also measure, on test images, the cosine simil
 CKA between the student's and the teacher's hidden activations (layers 1 and 2).
 
 Regenerate plots/topic_a_shared_init_perturb.png and results/topic_a_shared_init_perturb.json
-(about 40 min on a 2-core CPU with a 180 GFLOP/s sgemm, 25 runs; resumes finished scales):
+(about 40 min on a 2-core CPU with a 180 GFLOP/s sgemm at 25 runs, about 15 min at 10 runs; resumes
+finished scales). The committed figure was made with 10 runs to fit this session's CPU budget:
 
-    python topic_a_shared_init_perturb.py --runs 25
+    python topic_a_shared_init_perturb.py --runs 10
 """
 from __future__ import annotations
 
@@ -75,7 +76,11 @@ def main(argv=None):
     sim = {name: {m: [U.mean_ci(p[name][m]) for p in pts] for m in ("cos_1", "cos_2", "cka_1", "cka_2")}
            for name in pts[0]}
     base = {k: U.mean_ci(v) for k, v in U.representation_similarity(ref, teacher, x_sim).items()}
-    sweep.save(summary=summary, similarity=sim, reference_vs_teacher=base, peak_rss_mb=round(U.peak_rss_mb()))
+    # the output head's share: same W0, W1 noise, with vs without W2 perturbed (paired per run)
+    head_share = {st: [U.mean_ci(np.array(p[f"hidden only | {st}"]["acc"]) - np.array(p[f"all parameters | {st}"]["acc"]))
+                       for p in pts] for st in ("aux only", "all logits")}
+    sweep.save(summary=summary, similarity=sim, reference_vs_teacher=base, hidden_only_minus_all=head_share,
+               peak_rss_mb=round(U.peak_rss_mb()))
     plot(scales, summary, sim, base, a)
     for name, s in summary.items():
         print(f"{name:<28}" + " ".join(f"{v['mean']:.3f}" for v in s))
