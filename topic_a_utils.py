@@ -1149,7 +1149,7 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!plots"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         c = out.stdout.strip() or "unknown"
         return c + ("-dirty" if dirty else "")

@@ -659,7 +659,7 @@ def git_commit() -> str:
     try:
         c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                            timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!plots"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return c + ("-dirty" if dirty else "")
     except Exception:
