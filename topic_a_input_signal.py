@@ -14,9 +14,10 @@ same total variance as the per-pixel noise, k in {16, 64, 256, 784}: the input's
 its content (alpha, the images, the noise energy) does not.
 
 Regenerate plots/topic_a_input_signal.png and results/topic_a_input_signal.json (about 40 min on a
-2-core CPU with a 180 GFLOP/s sgemm, 25 runs; resumes finished points):
+2-core CPU with a 180 GFLOP/s sgemm at 25 runs, 13 min at 10 runs; resumes finished points).
+The committed figure was made with 10 runs to fit this session's CPU budget:
 
-    python topic_a_input_signal.py --runs 25
+    python topic_a_input_signal.py --runs 10
 """
 from __future__ import annotations
 
