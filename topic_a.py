@@ -88,7 +88,7 @@ def run_replication(S: U.Setup, ref: U.Ensemble, teacher: U.Ensemble, legacy_kl=
 
 
 def suffix(a) -> str:
-    s = ""
+    s = "" if a.dataset == "mnist" else f"_{a.dataset}"
     if a.legacy_kl:
         s += "_legacy-kl"
     if a.legacy_pairing:
@@ -104,11 +104,11 @@ def suffix(a) -> str:
 
 def plot_replication(summary, a):
     name = "topic_a" + suffix(a)
-    flags = [f for f in suffix(a).strip("_").split("_") if f and f != a.loss]
+    flags = [f for f in suffix(a).strip("_").split("_") if f and f not in (a.loss, a.dataset)]
     title = (f"Subliminal learning on {a.dataset.upper()} noise distillation ({a.loss.upper()} loss"
              f"{', ' + ', '.join(flags) if flags else ''}): MLP 784-256-256-(10+3)")
     U.bar_chart(summary, f"{a.plots_dir}/{name}.png", title,
-                n_label=f"n = {len(summary['teacher']['per_run'])} runs (independent inits)")
+                ylabel=f"{'Fashion-MNIST' if a.dataset == 'fashion' else 'MNIST'} test accuracy", n_label=f"n = {len(summary['teacher']['per_run'])} runs (independent inits)")
 
 
 def main(argv=None):
