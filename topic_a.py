@@ -87,6 +87,12 @@ def run_replication(S: U.Setup, ref: U.Ensemble, teacher: U.Ensemble, legacy_kl=
             "pairing_fixed_points": fixed_points}
 
 
+def defects_name(a) -> str:
+    """topic_a_defects, plus the dataset / loss / temperature when they are not the defaults."""
+    return "topic_a_defects" + ("" if a.dataset == "mnist" else f"_{a.dataset}") + \
+        ("" if a.loss == "kl" else f"_{a.loss}") + ("" if a.temperature == 1.0 else f"_T{a.temperature:g}")
+
+
 def suffix(a) -> str:
     s = "" if a.dataset == "mnist" else f"_{a.dataset}"
     if a.legacy_kl:
@@ -115,10 +121,10 @@ def main(argv=None):
     a = parse_args(argv)
     if a.plot_only:
         if a.compare_defects:
-            res = U.load_json(f"{a.results_dir}/topic_a_defects.json")
+            res = U.load_json(f"{a.results_dir}/{defects_name(a)}.json")
             if res is None:
-                raise U.UserError(f"{a.results_dir}/topic_a_defects.json not found; run python topic_a.py --compare-defects")
-            return plot_defects(res["variants"], f"{a.plots_dir}/topic_a_defects.png", a)
+                raise U.UserError(f"{a.results_dir}/{defects_name(a)}.json not found; run python topic_a.py --compare-defects")
+            return plot_defects(res["variants"], f"{a.plots_dir}/{defects_name(a)}.png", a)
         res = U.load_json(f"{a.results_dir}/topic_a{suffix(a)}.json")
         if res is None:
             raise U.UserError(f"{a.results_dir}/topic_a{suffix(a)}.json not found; run topic_a.py without --plot-only")
@@ -151,7 +157,7 @@ def main(argv=None):
 def compare_defects(S: U.Setup, ref, teacher, setup_desc):
     """Every variant from the same teacher, inits and noise seeds; resumes finished variants."""
     a = S.args
-    path = f"{a.results_dir}/topic_a_defects.json"
+    path = f"{a.results_dir}/{defects_name(a)}.json"
     key = U.config_key({"setup": setup_desc, "runs": a.runs, "seed": a.seed})
     old = U.load_json(path)
     done = old["variants"] if old and old.get("key") == key else {}
@@ -180,8 +186,8 @@ def compare_defects(S: U.Setup, ref, teacher, setup_desc):
     U.save_json(path, {"provenance": U.provenance(a, S.t0), "key": key, "setup": setup_desc,
                        "variants": done, "paired_difference_vs_fixed": diffs,
                        "ci_formula_defect_4": ci_compare})
-    plot_defects(done, f"{a.plots_dir}/topic_a_defects.png", a)
-    print(f"wrote {path} and {a.plots_dir}/topic_a_defects.png")
+    plot_defects(done, f"{a.plots_dir}/{defects_name(a)}.png", a)
+    print(f"wrote {path} and {a.plots_dir}/{defects_name(a)}.png")
 
 
 def plot_defects(done: dict, path: str, a):
