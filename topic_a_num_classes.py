@@ -16,7 +16,7 @@ The takehome's "dip at K=3" is checked with CIs and by rerunning K = 2, 3, 4 wit
 (new inits, teachers and noise).
 
 Regenerate plots/topic_a_num_classes.png and results/topic_a_num_classes.json (about 2 h on a
-2-core CPU with a 180 GFLOP/s sgemm at 25 runs, about 50 min at 10 runs; resumes finished points).
+2-core CPU with a 180 GFLOP/s sgemm at 25 runs, about 42 min at 10 runs; resumes finished points).
 The committed figure was made with 10 runs to fit the CPU budget:
 
     python topic_a_num_classes.py --runs 10
