@@ -27,6 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from topic_a_utils import (UserError, _plt, default_device, git_commit, load_json, mean_ci,  # noqa: F401
+                           positive_int, run_main, save_fig, save_json)
+
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 EMBEDDED_MODEL = "gemma-3-270m"
@@ -89,23 +92,7 @@ def plural(animal: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-class UserError(Exception):
-    """A problem the user can fix; scripts print the message without a traceback."""
-
-
-def run_main(main) -> None:
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; finished results are on disk", file=sys.stderr)
-        sys.exit(130)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+# UserError, run_main, default_device, git_commit: the same as Topic A's (imported above)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,7 +571,6 @@ def animal_table(lm: LM, animals: Sequence[str] = ANIMALS) -> list[dict]:
 # results, statistics, command line (general helpers shared with Topic A)
 # ----------------------------------------------------------------------------------------------
 
-from topic_a_utils import mean_ci, positive_int, save_fig, save_json, load_json, _plt  # noqa: E402,F401
 
 
 def base_parser(doc: str, default_runs: int = 25) -> argparse.ArgumentParser:
@@ -652,18 +638,6 @@ def number_system(number: str) -> str:
     return NUMBER_SYSTEM.format(number=number)
 
 
-
-
-def git_commit() -> str:
-    import subprocess
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                           timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!plots"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return c + ("-dirty" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def provenance(args: argparse.Namespace, t0: float, lm: LM | None = None) -> dict:
