@@ -29,24 +29,31 @@ import numpy as np
 import topic_a_utils as U
 
 BASE = {"freeze_class_head": False, "teacher_epochs": 5, "teacher_lr": 3e-4, "student_epochs": 5,
-        "student_lr": 3e-4, "temperature": 1.0, "loss": "kl", "batch_size": 1024, "noise": "uniform",
-        "noise_sigma": 0.0, "hidden": 256, "init_scale": 1.0}
+        "student_lr": 3e-4, "schedule": "constant", "temperature": 1.0, "loss": "kl", "batch_size": 1024,
+        "noise": "uniform", "noise_sigma": 0.0, "hidden": 256, "init_scale": 1.0}
+FROZEN10 = {"freeze_class_head": True, "teacher_epochs": 10, "teacher_lr": 1e-3}
 CONFIGS = {
-    "baseline": {},
+    "takehome baseline": {},
+    "baseline teacher, student 40 ep lr 1e-3 mse": {"student_epochs": 40, "student_lr": 1e-3, "loss": "mse"},
     "frozen-head teacher": {"freeze_class_head": True},
-    "frozen-head, 20 student epochs": {"freeze_class_head": True, "student_epochs": 20},
-    "frozen-head, 20 epochs, lr 1e-3": {"freeze_class_head": True, "student_epochs": 20, "student_lr": 1e-3},
-    "frozen-head, 20 epochs, lr 1e-3, T=4": {"freeze_class_head": True, "student_epochs": 20, "student_lr": 1e-3,
+    "frozen-head teacher 10 ep lr 1e-3": FROZEN10,
+    "frozen10, student 40 ep lr 1e-3 kl": {**FROZEN10, "student_epochs": 40, "student_lr": 1e-3},
+    "frozen10, student 40 ep lr 1e-3 kl T=4": {**FROZEN10, "student_epochs": 40, "student_lr": 1e-3,
                                                "temperature": 4.0},
-    "frozen-head, 20 epochs, lr 1e-3, mse": {"freeze_class_head": True, "student_epochs": 20, "student_lr": 1e-3,
-                                               "loss": "mse"},
-    "frozen-head, 20 epochs, lr 1e-3, blur 1": {"freeze_class_head": True, "student_epochs": 20, "student_lr": 1e-3,
-                                                  "noise": "blurred", "noise_sigma": 1.0},
-    "frozen-head, 40 epochs, lr 1e-3, mse": {"freeze_class_head": True, "student_epochs": 40, "student_lr": 1e-3,
-                                               "loss": "mse"},
+    "frozen10, student 40 ep lr 1e-3 mse": {**FROZEN10, "student_epochs": 40, "student_lr": 1e-3, "loss": "mse"},
+    "frozen10, student 40 ep lr 1e-3 mse cosine": {**FROZEN10, "student_epochs": 40, "student_lr": 1e-3,
+                                                   "loss": "mse", "schedule": "cosine"},
+    "frozen10, student 40 ep lr 3e-3 mse cosine": {**FROZEN10, "student_epochs": 40, "student_lr": 3e-3,
+                                                   "loss": "mse", "schedule": "cosine"},
+    "frozen10, student 40 ep lr 1e-3 mse cosine, gaussian noise": {**FROZEN10, "student_epochs": 40,
+                                                                   "student_lr": 1e-3, "loss": "mse",
+                                                                   "schedule": "cosine", "noise": "gaussian"},
+    "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine": {
+        "freeze_class_head": True, "teacher_epochs": 20, "teacher_lr": 1e-3, "student_epochs": 40,
+        "student_lr": 1e-3, "loss": "mse", "schedule": "cosine"},
 }
 SEARCH = list(CONFIGS)
-BEST = "frozen-head, 40 epochs, lr 1e-3, mse"
+BEST = "frozen10, student 40 ep lr 1e-3 mse cosine"
 
 
 def parse_args(argv=None):
@@ -71,8 +78,9 @@ def source_for(c: dict, seed: int, n: int) -> U.InputSource:
     raise U.UserError(f"unknown noise {c['noise']!r}")
 
 
-def run_config(S: U.Setup, name: str, runs: int) -> dict:
-    """Teacher (cached), aux-only student, and the bound, for one configuration."""
+def run_config(S: U.Setup, name: str, runs: int, curve: bool = True) -> dict:
+    """Teacher (cached), aux-only student, and the bound, for one configuration. With ``curve`` the
+    student's test accuracy is also recorded after every distillation epoch."""
     a = S.args
     c = {**BASE, **CONFIGS[name]}
     cfg = U.MLPConfig(hidden=(c["hidden"], c["hidden"]))
@@ -80,14 +88,13 @@ def run_config(S: U.Setup, name: str, runs: int) -> dict:
     ref, teacher, _ = U.reference_and_teacher(cfg, runs, a.seed, S.train, tc_t, a.device, a.cache_dir, S.data_desc,
                                               c["init_scale"], not a.no_progress, c["freeze_class_head"])
     tc_s = U.TrainConfig(c["student_epochs"], c["student_lr"], c["batch_size"])
+    per_epoch = []
+    cb = (lambda ep, ms: per_epoch.append(ms["aux only"].accuracy(S.test).tolist())) if curve else None
     student = U.distill(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)], source_for(c, a.seed, len(S.train)),
-                        tc_s, kind=c["loss"], temperature=c["temperature"], progress=not a.no_progress)["aux only"]
-    k = cfg.n_classes
-    bound = teacher.clone()
-    bound.weights[-1][:, :k] = ref.weights[-1][:, :k]
-    bound.biases[-1][:, :k] = ref.biases[-1][:, :k]
+                        tc_s, kind=c["loss"], temperature=c["temperature"], progress=not a.no_progress,
+                        callback=cb, schedule=c["schedule"])["aux only"]
     return {"config": c, "student": student.accuracy(S.test).tolist(), "teacher": teacher.accuracy(S.test).tolist(),
-            "bound": bound.accuracy(S.test).tolist()}
+            "bound": U.hybrid(teacher, ref).accuracy(S.test).tolist(), "student_per_epoch": per_epoch}
 
 
 def main(argv=None):
@@ -98,22 +105,76 @@ def main(argv=None):
                         {"runs": a.search_runs, "seed": a.seed, "data": S.data_desc}, a, S.t0)
         for name in SEARCH:
             sweep.run(name, lambda name=name: run_config(S, name, a.search_runs))
-        table = {n: U.mean_ci(p["student"]) for n, p in sweep.points.items()}
+        table = {n: {k: U.mean_ci(p[k]) for k in ("student", "bound", "teacher")} for n, p in sweep.points.items()}
         sweep.save(summary=table)
-        for n, s in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
-            print(f"{s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  {n}")
+        for n, s in sorted(table.items(), key=lambda kv: -kv[1]["student"]["mean"]):
+            st = s["student"]
+            print(f"{st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}]  bound {s['bound']['mean']:.4f}  {n}")
+        plot_search(table, a)
         return
     t = time.time()
     r = run_config(S, a.config, a.runs)
-    summary = U.summarize({"aux-only student": r["student"], "bound: teacher body + init digit head": r["bound"],
+    summary = U.summarize({"aux-only student": r["student"], "bound (teacher body + init digit head)": r["bound"],
                            "teacher": r["teacher"]})
     frac = np.array(r["student"]) / np.array(r["bound"])
+    curve = [U.mean_ci(v) for v in r["student_per_epoch"]]
     U.save_json(f"{a.results_dir}/topic_a_maximize.json", {
         "provenance": U.provenance(a, S.t0), "config_name": a.config, "config": r["config"], "summary": summary,
-        "student_over_bound": U.mean_ci(frac), "distill_wall_s": round(time.time() - t, 1)})
+        "student_over_bound": U.mean_ci(frac), "student_per_epoch": curve, "per_run": r,
+        "distill_wall_s": round(time.time() - t, 1)})
     U.print_table(summary, f"{a.config} ({a.runs} runs)")
-    U.bar_chart(summary, f"{a.plots_dir}/topic_a_maximize.png",
-                f"Maximised aux-only student: {a.config}", n_label=f"n = {a.runs} runs")
+    print(f"student / bound: {U.mean_ci(frac)['mean']:.4f}")
+    plot_best(summary, curve, r["config"], a)
+
+
+def plot_best(summary, curve, c, a):
+    plt = U._plt()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1.4, 1]})
+    n = f"n = {a.runs} runs"
+    U.sweep_plot(list(range(1, len(curve) + 1)), {"aux-only student": curve}, None,
+                 "Aux-only student during distillation", "distillation epoch (60000 noise images each)",
+                 ax=axes[0], n_label=n, markers=False)
+    for key, color, ls in (("teacher", "C2", "--"), ("bound (teacher body + init digit head)", "C3", ":")):
+        s = summary[key]
+        axes[0].axhline(s["mean"], color=color, ls=ls, label=f"{key}: {s['mean']:.4f}")
+        axes[0].axhspan(s["ci_low"], s["ci_high"], color=color, alpha=0.15)
+    axes[0].axhline(0.95, color="k", lw=0.8, label="target 0.95 (CI lower bound)")
+    axes[0].set_ylim(0.5, 1.0)
+    axes[0].legend(fontsize=8, loc="lower right")
+    U.bar_chart(summary, None, "Final accuracy (y axis starts at 0.85)", n_label=n, ax=axes[1], chance=None)
+    axes[1].set_ylim(0.85, 1.03)
+    desc = (f"teacher: {'frozen digit rows, ' if c['freeze_class_head'] else ''}{c['teacher_epochs']} ep, lr "
+            f"{c['teacher_lr']:g}; student: {c['loss']}, {c['student_epochs']} ep, lr {c['student_lr']:g} "
+            f"{c['schedule']}, {c['noise']} noise")
+    fig.suptitle(f"Maximised aux-only MNIST student (10 digit + 3 aux logits, 784-{c['hidden']}-{c['hidden']}-13)\n"
+                 f"{desc}", fontsize=11)
+    fig.tight_layout()
+    U.save_fig(fig, f"{a.plots_dir}/topic_a_maximize.png")
+    print(f"wrote {a.plots_dir}/topic_a_maximize.png")
+
+
+def plot_search(table, a):
+    plt = U._plt()
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(names) + 2))
+    y = np.arange(len(names))[::-1]
+    for off, key, color in ((-0.2, "student", "C0"), (0.2, "bound", "C3")):
+        m = np.array([table[n][key]["mean"] for n in names])
+        lo = m - np.array([table[n][key]["ci_low"] for n in names])
+        hi = np.array([table[n][key]["ci_high"] for n in names]) - m
+        label = "aux-only student" if key == "student" else "bound: teacher body + init digit head"
+        ax.errorbar(m, y + off, xerr=[lo, hi], fmt="o", color=color, capsize=3, label=label)
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("MNIST test accuracy")
+    ax.axvline(0.95, color="k", lw=0.8, ls="--", label="0.95")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Search for the highest aux-only accuracy (every configuration tried)\n"
+                 f"points: mean; bars: 95% t-CI; n = {a.search_runs} runs per configuration", fontsize=10)
+    fig.tight_layout()
+    U.save_fig(fig, f"{a.plots_dir}/topic_a_maximize_search.png")
+    print(f"wrote {a.plots_dir}/topic_a_maximize_search.png")
 
 
 if __name__ == "__main__":

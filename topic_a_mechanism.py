@@ -53,14 +53,6 @@ def checkpoint(student, teacher, ref, x, test):
     return out
 
 
-def hybrid(body: U.Ensemble, head: U.Ensemble, k: int) -> U.Ensemble:
-    """body's hidden layers and aux rows, with head's digit rows (W2[:k], b2[:k])."""
-    m = body.clone()
-    m.weights[-1][:, :k] = head.weights[-1][:, :k]
-    m.biases[-1][:, :k] = head.biases[-1][:, :k]
-    return m
-
-
 def main(argv=None):
     a = parse_args(argv)
     S = U.setup(a)
@@ -82,10 +74,10 @@ def main(argv=None):
                       torch.equal(student.biases[-1][r, :k], ref.biases[-1][r, :k])) for r in range(a.runs)]
     decomposition = {
         "reference": ref.accuracy(S.test), "teacher": teacher.accuracy(S.test),
-        "teacher body + reference digit head (bound)": hybrid(teacher, ref, k).accuracy(S.test),
-        "reference body + teacher digit head": hybrid(ref, teacher, k).accuracy(S.test),
+        "teacher body + reference digit head (bound)": U.hybrid(teacher, ref, k).accuracy(S.test),
+        "reference body + teacher digit head": U.hybrid(ref, teacher, k).accuracy(S.test),
         "aux-only student": student.accuracy(S.test),
-        "student body + teacher digit head": hybrid(student, teacher, k).accuracy(S.test),
+        "student body + teacher digit head": U.hybrid(student, teacher, k).accuracy(S.test),
     }
     summary = U.summarize(decomposition)
     frac = np.array(decomposition["aux-only student"]) / np.array(decomposition["teacher body + reference digit head (bound)"])

@@ -983,12 +983,15 @@ class StudentSpec:
 def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
             tc: TrainConfig, kind: str = "kl", temperature: float = 1.0,
             reduction: str = "per_run_mean", progress: bool = True,
-            callback: Callable[[int, dict], None] | None = None) -> dict[str, Ensemble]:
+            callback: Callable[[int, dict], None] | None = None,
+            schedule: str = "constant") -> dict[str, Ensemble]:
     """Distill the teacher into several student ensembles at once.
 
     For each batch the source yields inputs x (R, B, n_in), run r's inputs. The teacher runs once
     on x and its logits serve every student (run r of each student matches teacher run r on x[r]).
     Each student has its own Adam. ``callback(epoch, models)`` is called after each epoch.
+    ``schedule``: "constant" learning rate tc.lr, or "cosine" (tc.lr decayed to 0 over the run,
+    per step).
     """
     R = teacher.n_runs
     _reduction_scale(reduction, 1, 1)  # validate early
@@ -1002,9 +1005,18 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
         full = list(s.logit_idx) == list(range(m.cfg.n_out))
         li = None if full else torch.as_tensor(s.logit_idx, device=m.device)
         states.append((s.name, m, make_optimizer(m, tc.lr), li))
-    with _progress(tc.epochs * source.n_batches(tc.batch_size), "distill", progress) as bar:
+    if schedule not in ("constant", "cosine"):
+        raise UserError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
+    total = tc.epochs * source.n_batches(tc.batch_size)
+    step = 0
+    with _progress(total, "distill", progress) as bar:
         for ep in range(tc.epochs):
             for x, _ in source.epoch(ep, R, tc.batch_size, teacher.device):
+                if schedule == "cosine":
+                    for _, _, opt, _ in states:
+                        for group in opt.param_groups:
+                            group["lr"] = tc.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                step += 1
                 with torch.no_grad():
                     t_logits = teacher(x)
                 for name, m, opt, li in states:
@@ -1050,6 +1062,18 @@ def reference_and_teacher(cfg: MLPConfig, n_runs: int, seed: int, train: Dataset
         torch.save({"config": key_cfg, "teacher": teacher.state()}, tmp)
         os.replace(tmp, path)
     return ref, teacher, False
+
+
+def hybrid(body: Ensemble, head: Ensemble, k: int | None = None) -> Ensemble:
+    """``body``'s hidden layers and aux rows with ``head``'s first k output rows (the digit rows,
+    W[-1][:k], b[-1][:k]; k defaults to the number of classes). hybrid(teacher, reference) is the
+    bound on any aux-only student: what copying the teacher's hidden layers perfectly would score
+    with the digit rows aux-only distillation never moves (topic_a_mechanism.py)."""
+    k = body.cfg.n_classes if k is None else k
+    m = body.clone()
+    m.weights[-1][:, :k] = head.weights[-1][:, :k]
+    m.biases[-1][:, :k] = head.biases[-1][:, :k]
+    return m
 
 
 def distill_scores(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
@@ -1323,11 +1347,14 @@ def _plt():
 
 def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: str = "MNIST test accuracy",
               chance: float | None = 0.1, n_label: str | None = None, colors: Sequence[str] | None = None,
-              show_points: bool = True) -> None:
-    """Bars = mean over runs, error bars = t-based 95% CI, dots = individual runs."""
+              show_points: bool = True, ax=None) -> None:
+    """Bars = mean over runs, error bars = t-based 95% CI, dots = individual runs. With ``ax`` it
+    draws into that axis and saves nothing (path may be None)."""
     plt = _plt()
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(max(6, 1.35 * len(names) + 1.5), 4.8))
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(max(6, 1.35 * len(names) + 1.5), 4.8))
     means = [summary[k]["mean"] for k in names]
     errs = [summary[k]["half_width"] for k in names]
     colors = colors or [f"C{i}" for i in range(len(names))]
@@ -1350,8 +1377,9 @@ def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: st
     ax.set_ylim(0, 1.17)
     n = n_label or f"n = {summary[names[0]]['n']} runs"
     ax.set_title(f"{title}\nbars: mean; error bars: 95% t-CI; dots: single runs; {n}", fontsize=10)
-    fig.tight_layout()
-    save_fig(fig, path)
+    if own:
+        fig.tight_layout()
+        save_fig(fig, path)
 
 
 def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, xlabel: str,

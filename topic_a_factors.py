@@ -1,0 +1,113 @@
+"""Comments & Extensions factors: hidden width, number of aux logits, depth, and Fashion-MNIST.
+
+"Comments & Extensions of Subliminal Learning" (section 2) reports: more neurons per layer ->
+less subliminal learning; more aux logits -> more; more or fewer layers -> about the same;
+Fashion-MNIST -> still works. We vary one factor at a time around the baseline
+(784-256-256-(10+3), MNIST, teacher 5 epochs on real images, students 5 epochs on uniform noise,
+Adam 3e-4, KL), with a teacher per point trained from that point's own seeded init:
+  width    hidden width of both layers, WIDTHS;
+  aux      number of aux logits, AUX;
+  depth    number of hidden layers of width 256, DEPTHS;
+  dataset  MNIST vs Fashion-MNIST (teacher trained and students tested on the dataset; the
+           students still see only uniform noise).
+Per point: teacher, reference (untrained init), aux-only and all-logits students, and the bound
+on any aux-only student (teacher hidden layers + init digit rows; see topic_a_mechanism.py).
+
+Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (about 25 min on the 2-core
+CPU at 5 runs; width 1024 is most of it; resumes finished points). The committed figure uses 5 runs
+to fit the CPU budget:
+
+    python topic_a_factors.py --runs 5
+"""
+from __future__ import annotations
+
+import topic_a_utils as U
+
+WIDTHS = [64, 128, 256, 512, 1024]
+AUX = [1, 3, 10, 30]
+DEPTHS = [1, 2, 3, 4]
+DATASETS = ["mnist", "fashion"]
+FACTORS = ("width", "aux", "depth", "dataset")
+SERIES = ("teacher", "bound", "all logits", "aux only", "reference")
+
+
+def parse_args(argv=None):
+    p = U.base_parser(__doc__)
+    g = p.add_argument_group("topic_a_factors.py")
+    g.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS),
+                   help="which factors to sweep (default all)")
+    return U.parse_common(p, argv)
+
+
+def point(S: U.Setup, cfg: U.MLPConfig, train: U.Dataset, test: U.Dataset, desc: dict) -> dict:
+    a = S.args
+    ref, teacher = U.setup_teacher(S, cfg, train, desc)
+    specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx)]
+    res = U.distill_scores(teacher, specs, U.UniformNoise(a.seed, len(train)), S.tc_student, test, not a.no_progress)
+    res["teacher"] = {"acc": teacher.accuracy(test).tolist()}
+    res["reference"] = {"acc": ref.accuracy(test).tolist()}
+    res["bound"] = {"acc": U.hybrid(teacher, ref).accuracy(test).tolist()}
+    return res
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.dataset != "mnist":
+        raise U.UserError("topic_a_factors.py sweeps the dataset itself; leave --dataset at mnist")
+    S = U.setup(a)
+    sweep = U.Sweep(f"{a.results_dir}/topic_a_factors.json",
+                    {"runs": a.runs, "seed": a.seed, "teacher": S.tc_teacher.as_dict(),
+                     "student": S.tc_student.as_dict(), "data": S.data_desc}, a, S.t0)
+    xs = {"width": WIDTHS, "aux": AUX, "depth": DEPTHS, "dataset": DATASETS}
+
+    def name(f, x):  # the baseline point is shared by every factor
+        return "baseline" if (f, x) in (("width", 256), ("aux", 3), ("depth", 2), ("dataset", "mnist")) else f"{f}={x}"
+
+    for f in a.factors:
+        for x in xs[f]:
+            if f == "dataset":
+                train = S.train if x == "mnist" else U.load_dataset(x, "train", a.data_dir, None, a.n_train)
+                test = S.test if x == "mnist" else U.load_dataset(x, "test", a.data_dir, None, a.n_test)
+                desc = {**S.data_desc, "dataset": x}
+                sweep.run(name(f, x), lambda: point(S, U.MLPConfig(), train, test, desc))
+                continue
+            cfg = {"width": lambda w: U.MLPConfig(hidden=(w, w)), "aux": lambda k: U.MLPConfig(n_aux=k),
+                   "depth": lambda d: U.MLPConfig(hidden=(256,) * d)}[f](x)
+            sweep.run(name(f, x), lambda: point(S, cfg, S.train, S.test, S.data_desc))
+    P = sweep.points
+    summary = {f: {s: [U.mean_ci(P[name(f, x)][s]["acc"]) for x in xs[f]] for s in SERIES}
+               for f in a.factors}
+    summary_ratio = {f: [U.mean_ci([st / t for st, t in zip(P[name(f, x)]["aux only"]["acc"],
+                                                           P[name(f, x)]["bound"]["acc"])]) for x in xs[f]]
+                     for f in a.factors}
+    sweep.save(summary=summary, aux_over_bound=summary_ratio, peak_rss_mb=round(U.peak_rss_mb()))
+    plot(summary, xs, a)
+
+
+def plot(summary, xs, a):
+    plt = U._plt()
+    n = f"n = {a.runs} runs per point"
+    labels = {"width": ("hidden width (both layers)", "Width: 784-w-w-13"),
+              "aux": ("number of aux logits", "Aux logits: 784-256-256-(10+m)"),
+              "depth": ("number of hidden layers (width 256)", "Depth: 784-256x d-13"),
+              "dataset": ("dataset (teacher training and test set)", "Dataset: MNIST vs Fashion-MNIST")}
+    fs = list(summary)
+    fig, axes = plt.subplots(1, len(fs), figsize=(6 * len(fs), 5), squeeze=False)
+    for ax, f in zip(axes[0], fs):
+        x = xs[f] if f != "dataset" else list(range(len(xs[f])))
+        U.sweep_plot(x, summary[f], None, labels[f][1], labels[f][0], ax=ax, n_label=n, chance=0.1,
+                     logx=f in ("width", "aux"))
+        if f == "dataset":
+            ax.set_xticks(x)
+            ax.set_xticklabels(["MNIST", "Fashion-MNIST"])
+        elif f == "depth":
+            ax.set_xticks(x)
+    fig.suptitle("Comments & Extensions factors, one at a time around the baseline MLP; students see only "
+                 "uniform noise (5 epochs x 60000); bound = teacher hidden layers + init digit rows", fontsize=11)
+    fig.tight_layout()
+    U.save_fig(fig, f"{a.plots_dir}/topic_a_factors.png")
+    print(f"wrote {a.plots_dir}/topic_a_factors.png")
+
+
+if __name__ == "__main__":
+    U.run_main(main)
