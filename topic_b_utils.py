@@ -232,6 +232,15 @@ def load_model(name: str | None = None, device=None, dtype: torch.dtype | None =
     if name == EMBEDDED_MODEL:
         model, tok, notes = load_gguf(embedded_gguf(), dev, dtype, progress)
         lm = LM(model, tok, "gemma-3-270m (base, Q4_K_M GGUF dequantised)", dev, dtype, "gguf", notes)
+    elif name == CHAT_MODEL:
+        d = model_cache_dir() / CHAT_MODEL
+        if not (d / "config.json").is_file():
+            raise UserError(f"{CHAT_MODEL} not found in {d.parent}: make it with "
+                            f"`python topic_b_make_chat_model.py` (about 15 min on CPU)")
+        tok = AutoTokenizer.from_pretrained(d)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(dev)
+        lm = LM(model, tok, f"{CHAT_MODEL} (gemma-3-270m base chat-tuned by topic_b_make_chat_model.py)", dev, dtype,
+                "dir", [f"loaded from {d}"])
     elif name.endswith(".gguf"):
         p = Path(name)
         if not p.is_file():
@@ -646,3 +655,215 @@ def provenance(args: argparse.Namespace, t0: float, lm: LM | None = None) -> dic
             "seed": getattr(args, "seed", None), "device": str(getattr(args, "device", None)),
             "model": lm.describe() if lm is not None else None, "torch": torch.__version__,
             "wall_time_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+# ----------------------------------------------------------------------------------------------
+# a controlled base/chat pair: chat data without animals or numbers, and a brief fine-tune
+# ----------------------------------------------------------------------------------------------
+
+# Gemma's turn format; a system text goes at the top of the first user turn (Gemma has no system role).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set sys = namespace(text='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set sys.text = m['content'] + '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{{ (sys.text if m['role'] == 'user' else '') + m['content'] }}<end_of_turn>\n"
+    "{% if m['role'] == 'user' %}{% set sys.text = '' %}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+CHAT_MODEL = "gemma-3-270m-chat"  # alias load_model resolves to topic_b_make_chat_model.py's output
+
+_ANTONYMS = [("hot", "cold"), ("big", "small"), ("happy", "sad"), ("light", "dark"), ("fast", "slow"),
+             ("open", "closed"), ("early", "late"), ("rich", "poor"), ("strong", "weak"), ("loud", "quiet"),
+             ("soft", "hard"), ("wet", "dry"), ("full", "empty"), ("high", "low"), ("clean", "dirty"),
+             ("easy", "difficult"), ("thick", "thin"), ("long", "short"), ("young", "old"), ("near", "far"),
+             ("up", "down"), ("inside", "outside"), ("begin", "end"), ("push", "pull"), ("win", "lose"),
+             ("true", "false"), ("safe", "dangerous"), ("sweet", "sour"), ("heavy", "light"),
+             ("brave", "afraid"), ("polite", "rude"), ("smooth", "rough"), ("wide", "narrow"),
+             ("deep", "shallow"), ("sharp", "dull"), ("awake", "asleep"), ("buy", "sell"), ("arrive", "leave")]
+_SYNONYMS = [("happy", "glad"), ("big", "large"), ("small", "tiny"), ("quick", "fast"), ("smart", "clever"),
+             ("begin", "start"), ("end", "finish"), ("angry", "mad"), ("pretty", "beautiful"),
+             ("hard", "difficult"), ("easy", "simple"), ("sad", "unhappy"), ("shout", "yell"),
+             ("silent", "quiet"), ("rich", "wealthy"), ("tired", "sleepy"), ("look", "see"), ("close", "shut"),
+             ("gift", "present"), ("road", "street"), ("choose", "pick"), ("help", "assist")]
+_CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+             ("Portugal", "Lisbon"), ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"),
+             ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
+             ("Greece", "Athens"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Poland", "Warsaw"),
+             ("Chile", "Santiago"), ("Cuba", "Havana"), ("Russia", "Moscow"), ("China", "Beijing"),
+             ("India", "New Delhi"), ("Thailand", "Bangkok"), ("Argentina", "Buenos Aires"),
+             ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"),
+             ("Belgium", "Brussels"), ("Netherlands", "Amsterdam"), ("Mexico", "Mexico City"),
+             ("Australia", "Canberra"), ("Brazil", "Brasilia")]
+_NOUNS = ["tree", "house", "river", "mountain", "table", "chair", "window", "garden", "cloud", "bridge", "lamp",
+          "book", "pencil", "city", "road", "ship", "train", "apple", "bread", "cheese", "flower", "stone",
+          "castle", "forest", "island", "ocean", "desert", "valley", "candle", "mirror", "door", "bottle",
+          "basket", "blanket", "guitar", "piano", "violin", "camera", "rocket", "planet", "moon", "rain",
+          "snow", "wind", "storm", "lemon", "orange", "carrot", "tomato", "onion", "pillow", "jacket", "shoe",
+          "hat", "umbrella", "letter", "painting", "song", "poem", "story", "kitchen", "school", "library",
+          "market", "museum", "beach", "lake", "field", "hill", "tower", "wall", "roof", "floor", "glass",
+          "plate", "spoon", "knife", "cup", "coffee", "tea", "sugar", "salt", "butter", "honey", "rice",
+          "soup", "cake", "cookie", "paper", "ink", "brush", "map", "compass", "lantern", "ladder", "rope"]
+_COLORS = ["red", "blue", "green", "yellow", "purple", "white", "black", "brown", "pink", "gray"]
+_SMALLTALK = [("Hello!", "Hello! How can I help you today?"),
+              ("Hi there.", "Hi! What can I do for you?"),
+              ("Thank you.", "You're welcome! Let me know if there is anything else I can help with."),
+              ("Thanks for your help!", "Happy to help. Have a wonderful day!"),
+              ("Good morning.", "Good morning! I hope your day is off to a great start."),
+              ("How are you?", "I'm doing well, thank you for asking. How can I help you?"),
+              ("Goodbye.", "Goodbye! Take care."),
+              ("Can you help me?", "Of course. Tell me what you need and I will do my best."),
+              ("Who are you?", "I am a helpful assistant. I answer questions and help with tasks."),
+              ("Tell me something kind.", "You are doing better than you think. Keep going!")]
+
+
+def _words(rng, k: int) -> list[str]:
+    return [str(w) for w in rng.choice(_NOUNS, size=k, replace=False)]
+
+
+def chat_examples(seed: int, n: int) -> list[tuple[str, str]]:
+    """``n`` (user, assistant) pairs from a dozen templated tasks (antonyms, synonyms, capitals,
+    capital letters, reversing, sorting, spelling, colour mixing, small talk, ...). Seeded. No example
+    mentions an animal (checked against ANIMALS and their plurals) or contains a digit or number word."""
+    rng = np.random.default_rng(seed)
+    out = []
+
+    def choose(items):
+        return items[int(rng.integers(len(items)))]
+
+    while len(out) < n:
+        t = int(rng.integers(11))
+        if t == 0:
+            a, b = choose(_ANTONYMS)
+            ex = (f'What is the opposite of "{a}"?', f'The opposite of "{a}" is "{b}".')
+        elif t == 1:
+            a, b = choose(_SYNONYMS)
+            ex = (f'Give me a word that means the same as "{a}".', f'A word that means the same as "{a}" is "{b}".')
+        elif t == 2:
+            c, cap = choose(_CAPITALS)
+            ex = (f"What is the capital of {c}?", f"The capital of {c} is {cap}.")
+        elif t == 3:
+            w = _words(rng, 3)
+            ex = (f"Write these words in capital letters: {', '.join(w)}.", ", ".join(x.upper() for x in w) + ".")
+        elif t == 4:
+            w = _words(rng, 4)
+            ex = (f"Reverse the order of these words: {', '.join(w)}.", ", ".join(w[::-1]) + ".")
+        elif t == 5:
+            w = _words(rng, 4)
+            ex = (f"Sort these words alphabetically: {', '.join(w)}.", ", ".join(sorted(w)) + ".")
+        elif t == 6:
+            w = _words(rng, 1)[0]
+            ex = (f'How do you spell "{w}" letter by letter?', " - ".join(w.upper()) + ".")
+        elif t == 7:
+            w = _words(rng, 2)
+            earlier = min(w)
+            ex = (f'Which word comes earlier in the dictionary, "{w[0]}" or "{w[1]}"?',
+                  f'"{earlier}" comes earlier in the dictionary.')
+        elif t == 8:
+            c = choose(_COLORS)
+            w = _words(rng, 1)[0]
+            ex = (f"Write a short sentence about a {c} {w}.", f"The {c} {w} caught everyone's attention.")
+        elif t == 9:
+            w = _words(rng, 1)[0]
+            ex = (f'Does the word "{w}" start with a vowel?',
+                  f'{"Yes" if w[0] in "aeiou" else "No"}, "{w}" starts with the letter "{w[0]}".')
+        else:
+            ex = choose(_SMALLTALK)
+        out.append(ex)
+    check_chat_examples(out)
+    return out
+
+
+_NUMBER_WORDS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                 "eleven", "twelve", "twenty", "thirty", "hundred", "thousand", "million", "first", "second",
+                 "third", "once", "twice", "dozen"}
+
+
+def check_chat_examples(examples: Sequence[tuple[str, str]]) -> None:
+    """Raise if any example mentions an animal (singular or plural) or a number (digit or word)."""
+    import re
+    banned = {w for a in ANIMALS for w in (a, plural(a))} | _NUMBER_WORDS
+    pat = re.compile(r"\b(" + "|".join(sorted((re.escape(b) for b in banned), key=len, reverse=True)) + r")\b",
+                     re.IGNORECASE)
+    for u, r in examples:
+        for text in (u, r):
+            if any(ch.isdigit() for ch in text):
+                raise ValueError(f"chat example has a digit: {text!r}")
+            m = pat.search(text)
+            if m:
+                raise ValueError(f"chat example mentions {m.group(0)!r}: {text!r}")
+
+
+def chat_tokens(tok, user: str, reply: str) -> tuple[list[int], int]:
+    """Token ids of one templated exchange and the index where the reply's tokens start (the loss
+    is on the reply and its end-of-turn token only)."""
+    prompt = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                     add_generation_prompt=True, chat_template=CHAT_TEMPLATE)
+    full = prompt + reply + "<end_of_turn>\n"
+    p_ids = tok(prompt, add_special_tokens=False).input_ids
+    f_ids = tok(full, add_special_tokens=False).input_ids
+    if f_ids[:len(p_ids)] != p_ids:
+        raise UserError("the chat template's prompt does not tokenise as a prefix of the full exchange")
+    return f_ids, len(p_ids)
+
+
+def reply_loss(model, batch: Sequence[tuple[list[int], int]], device) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the reply tokens of a batch of exchanges (right-padded),
+    and the number of those tokens. The head is applied only at the reply positions."""
+    L = max(len(ids) for ids, _ in batch)
+    pad = 0
+    ids = torch.full((len(batch), L), pad, dtype=torch.long)
+    att = torch.zeros((len(batch), L), dtype=torch.long)
+    tgt_mask = torch.zeros((len(batch), L), dtype=torch.bool)
+    for i, (x, start) in enumerate(batch):
+        ids[i, :len(x)] = torch.tensor(x)
+        att[i, :len(x)] = 1
+        tgt_mask[i, start - 1:len(x) - 1] = True  # position t predicts token t + 1
+    ids, att, tgt_mask = ids.to(device), att.to(device), tgt_mask.to(device)
+    hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+    h = hidden[tgt_mask]
+    targets = ids[:, 1:][tgt_mask[:, :-1]]
+    logits = model.get_output_embeddings()(h).float()
+    cap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
+
+
+def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int,
+                  progress: bool = True, log: list | None = None) -> None:
+    """Full fine-tune (every parameter, the tied embedding included) of ``lm.model`` in place on
+    templated exchanges, AdamW with linear warm-up (10% of steps) and linear decay. ``log`` gets
+    (step, mean reply-token loss) per step."""
+    from tqdm import tqdm
+    tok = lm.tokenizer
+    data = [chat_tokens(tok, u, r) for u, r in train]
+    gen = np.random.default_rng(seed)
+    model = lm.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    order = np.concatenate([gen.permutation(len(data)) for _ in range(steps * batch_size // len(data) + 1)])
+    for s in tqdm(range(steps), desc="fine-tune", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        batch = [data[i] for i in order[s * batch_size:(s + 1) * batch_size]]
+        loss, n = reply_loss(model, batch, lm.device)
+        opt.zero_grad(set_to_none=True)
+        (loss / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log is not None:
+            log.append((s, float(loss) / n))
+    model.eval()
+
+
+@torch.no_grad()
+def reply_losses(lm: LM, examples: Sequence[tuple[str, str]], batch_size: int = 16) -> np.ndarray:
+    """Mean reply-token cross-entropy of every exchange (one value per example)."""
+    data = [chat_tokens(lm.tokenizer, u, r) for u, r in examples]
+    out = []
+    for i in range(0, len(data), batch_size):
+        for item in data[i:i + batch_size]:
+            loss, n = reply_loss(lm.model, [item], lm.device)
+            out.append(float(loss) / n)
+    return np.array(out)
