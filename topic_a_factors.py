@@ -14,7 +14,7 @@ Per point: teacher, reference (untrained init), aux-only and all-logits students
 on any aux-only student (teacher hidden layers + init digit rows; see topic_a_mechanism.py).
 
 Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (about 25 min on the 2-core
-CPU at 5 runs; width 1024 is most of it; resumes finished points). The committed figure uses 5 runs
+CPU at 5 runs; resumes finished points). The committed figure uses 5 runs
 to fit the CPU budget:
 
     python topic_a_factors.py --runs 5
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import topic_a_utils as U
 
-WIDTHS = [64, 128, 256, 512, 1024]
+WIDTHS = [64, 128, 256, 512]
 AUX = [1, 3, 10, 30]
 DEPTHS = [1, 2, 3, 4]
 DATASETS = ["mnist", "fashion"]

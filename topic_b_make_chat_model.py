@@ -46,7 +46,7 @@ def parse_args(argv=None):
         if act.dest == "model":
             act.help = f"base model to tune (default {B.EMBEDDED_MODEL})"
     g = p.add_argument_group("topic_b_make_chat_model.py")
-    g.add_argument("--steps", type=B.positive_int, default=150, help="optimisation steps (default 150)")
+    g.add_argument("--steps", type=B.positive_int, default=120, help="optimisation steps (default 120)")
     g.add_argument("--lr", type=U.positive_float, default=5e-5, help="peak AdamW learning rate (default 5e-5)")
     g.add_argument("--n-examples", type=B.positive_int, default=3000, help="training exchanges drawn (default 3000)")
     g.add_argument("--out", default=None, help="output model directory (default <model cache>/gemma-3-270m-chat)")
