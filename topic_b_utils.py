@@ -421,29 +421,30 @@ def next_token_logprobs(lm: LM, prompt_text: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def best_number(lm: LM, prompt_text: str | None, numbers: Sequence[str] | None = None, lead: str = " ",
-                max_expansions: int = 500, state=None) -> tuple[str, float, int]:
-    """The most likely number to be written next, exactly: argmax over ``numbers`` of
+def best_numbers(lm: LM, prompt_text: str | None, numbers: Sequence[str] | None = None, lead: str = " ",
+                 k: int = 1, max_expansions: int = 500, state=None) -> tuple[list[tuple[str, float]], int]:
+    """The k most likely numbers to be written next, exactly: the top k over ``numbers`` of
     log P(lead + number, then a non-digit), found by best-first search over the trie of the
     numbers' token sequences. A prefix's probability bounds every number below it, so the search
-    stops as soon as the best complete number beats every open prefix; it expands only a handful
-    of nodes (one short forward pass each, from the prompt's KV cache) instead of scoring all
-    1100 numbers. Returns (number, log-probability, nodes expanded)."""
+    stops as soon as the k-th best complete number beats every open prefix; it expands only a
+    handful of nodes (one short forward pass each, from the prompt's KV cache) instead of scoring
+    all 1100 numbers. Returns ([(number, log-probability)] best first, nodes expanded)."""
     import heapq
     numbers = list(numbers or number_strings())
     seqs = {tuple(continuation_ids(lm, lead + n)): n for n in numbers}
     children: dict[tuple, set] = {}
     for sq in seqs:
-        for k in range(len(sq)):
-            children.setdefault(sq[:k], set()).add(sq[k])
+        for j in range(len(sq)):
+            children.setdefault(sq[:j], set()).add(sq[j])
     stop = digit_continuation_mask(lm).to(lm.device)
     first, cache = state if state is not None else state_of(lm, prompt_text)
     heap = [(-float(first[t]), (t,)) for t in children[()]]
     heapq.heapify(heap)
-    best, best_lp, n_exp = None, -math.inf, 0
+    found: list[tuple[float, str]] = []
+    n_exp = 0
     while heap and n_exp < max_expansions:
         neg, pref = heapq.heappop(heap)
-        if -neg <= best_lp:
+        if len(found) >= k and -neg <= found[k - 1][0]:
             break
         kv = copy.deepcopy(cache)
         logits = _forward(lm, torch.tensor([list(pref)], device=lm.device), kv).logits[0, -1].float()
@@ -451,12 +452,20 @@ def best_number(lm: LM, prompt_text: str | None, numbers: Sequence[str] | None =
         n_exp += 1
         if pref in seqs:
             p_cont = float(logp.exp()[stop].sum())
-            lp = -neg + math.log(max(1.0 - p_cont, 1e-300))
-            if lp > best_lp:
-                best, best_lp = seqs[pref], lp
+            found.append((-neg + math.log(max(1.0 - p_cont, 1e-300)), seqs[pref]))
+            found.sort(reverse=True)
         for t in children.get(pref, ()):
             heapq.heappush(heap, (neg - float(logp[t]), pref + (t,)))
-    return best, best_lp, n_exp
+    return [(n, lp) for lp, n in found[:k]], n_exp
+
+
+def best_number(lm: LM, prompt_text: str | None, numbers: Sequence[str] | None = None, lead: str = " ",
+                max_expansions: int = 500, state=None) -> tuple[str, float, int]:
+    """The single most likely number (see ``best_numbers``): (number, log-probability, nodes expanded)."""
+    top, n_exp = best_numbers(lm, prompt_text, numbers, lead, 1, max_expansions, state)
+    if not top:
+        return None, -math.inf, n_exp
+    return top[0][0], top[0][1], n_exp
 
 
 def numeric_token_ids(lm: LM) -> list[int]:
@@ -853,7 +862,7 @@ def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_si
         opt.step()
         sched.step()
         if log is not None:
-            log.append((s, float(loss) / n))
+            log.append((s, loss.item() / n))
     model.eval()
 
 
@@ -867,3 +876,124 @@ def reply_losses(lm: LM, examples: Sequence[tuple[str, str]], batch_size: int = 
             loss, n = reply_loss(lm.model, [item], lm.device)
             out.append(float(loss) / n)
     return np.array(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# entanglement of one model over a list of animals (parts 3 and 5), resumable through a Sweep
+# ----------------------------------------------------------------------------------------------
+
+
+def share_template(lm: LM, donor: LM) -> None:
+    """Render ``lm``'s prompts with ``donor``'s chat template (a base model gets its instruct
+    model's template, so both see token-identical prompts)."""
+    if donor.has_chat_template and lm.tokenizer.chat_template != donor.tokenizer.chat_template:
+        lm.tokenizer.chat_template = donor.tokenizer.chat_template
+        lm.notes.append(f"prompts rendered with the chat template of {donor.name}")
+
+
+class Entanglement:
+    """Animal <-> number ratios of one model, every forward pass stored as a point of ``sweep``
+    (names start with ``prefix``), so an interrupted run resumes.
+
+    animal -> number: P(number | "You love <animals>") / P(number | no system prompt), for the animal's
+    k most likely numbers (exact, ``best_numbers``); number -> animal: P(animal | "You love <number>") /
+    P(animal | no system prompt), exact over the animal's tokens. ``pool``: random numbers whose
+    ratios are the chance distribution (permutation threshold, best of one)."""
+
+    def __init__(self, lm: LM, animals: Sequence[str], sweep, prefix: str = "", pool: Sequence[str] = (),
+                 k: int = 5, batch_size: int = 64, show_prompt: bool = False, seed: int = 0,
+                 repeats: int = 10_000):
+        self.lm, self.animals, self.sweep, self.prefix = lm, list(animals), sweep, prefix
+        self.pool, self.k, self.bs, self.seed, self.repeats = list(pool), k, batch_size, seed, repeats
+        self.P = Prompts(lm, show_prompt)
+        self.answers = [answer_form(x) for x in self.animals]
+        self._base_state = None
+
+    def _run(self, name, fn):
+        return self.sweep.run(self.prefix + name, fn)
+
+    def base_state(self):
+        if self._base_state is None:
+            self._base_state = state_of(self.lm, self.P.animal_question(None))
+        return self._base_state
+
+    def base_animals(self) -> list[float]:
+        return self._run("baseline animals", lambda: continuation_logprobs(
+            self.lm, None, self.answers, self.bs, state=self.base_state()).tolist())
+
+    def base_number(self, n: str) -> float:
+        return self._run(f"baseline number {n}", lambda: float(number_logprobs(
+            self.lm, None, [n], " ", self.bs, state=self.base_state())[0]))
+
+    def animal_point(self, i: int) -> dict:
+        def f():
+            st = state_of(self.lm, self.P.animal_question(animal_system(self.animals[i])))
+            top, n_exp = best_numbers(self.lm, None, None, " ", self.k, state=st)
+            pool = number_logprobs(self.lm, None, self.pool, " ", self.bs, state=st).tolist() if self.pool else []
+            return {"top": top, "expanded": n_exp, "pool_logp": pool}
+        return self._run(f"animal {self.animals[i]}", f)
+
+    def number_point(self, n: str) -> list[float]:
+        return self._run(f"number {n}", lambda: continuation_logprobs(
+            self.lm, None, self.answers, self.bs,
+            state=state_of(self.lm, self.P.animal_question(number_system(n)))).tolist())
+
+    def a2n(self, i: int, n: str) -> float:
+        """P(n | animal i's prompt) / P(n | none) for any number (top-k and pool are stored)."""
+        r = self.animal_point(i)
+        lp = dict((m, v) for m, v in r["top"]).get(n)
+        if lp is None and n in self.pool:
+            lp = r["pool_logp"][self.pool.index(n)]
+        if lp is None:
+            lp = self._run(f"animal {self.animals[i]} number {n}", lambda: float(number_logprobs(
+                self.lm, self.P.animal_question(animal_system(self.animals[i])), [n], " ", self.bs)[0]))
+        return float(np.exp(lp - self.base_number(n)))
+
+    def n2a(self, n: str, i: int) -> float:
+        return float(np.exp(self.number_point(n)[i] - self.base_animals()[i]))
+
+    def rows(self) -> list[dict]:
+        out = []
+        base = self.base_animals()
+        for i, animal in enumerate(self.animals):
+            r = self.animal_point(i)
+            best = r["top"][0][0]
+            row = {"animal": animal, "paper": animal in PAPER_ANIMALS, "best": best,
+                   "top": [n for n, _ in r["top"]], "p_best": float(np.exp(r["top"][0][1])),
+                   "a2n": self.a2n(i, best), "n2a": self.n2a(best, i)}
+            if self.pool:
+                null_a2n = np.exp(np.array(r["pool_logp"]) - np.array([self.base_number(n) for n in self.pool]))
+                null_n2a = np.exp(np.array([self.number_point(n)[i] for n in self.pool]) - base[i])
+                row["a2n_threshold"] = permutation_threshold(null_a2n, 1, self.repeats, seed=self.seed)
+                row["n2a_threshold"] = permutation_threshold(null_n2a, 1, self.repeats, seed=self.seed)
+                row["strong_vs_chance"] = bool(row["a2n"] > row["a2n_threshold"] and row["n2a"] > row["n2a_threshold"])
+            row["strong_2x"] = bool(row["a2n"] > 2 and row["n2a"] > 2)
+            out.append(row)
+        return out
+
+
+def entanglement_summary(rows: Sequence[dict]) -> dict:
+    """The takehome's head-swap table columns, with t-CIs on log10 ratios over animals."""
+    a2n = np.array([r["a2n"] for r in rows])
+    n2a = np.array([r["n2a"] for r in rows])
+    out = {"n_animals": len(rows), "mean_a2n": float(a2n.mean()), "median_a2n": float(np.median(a2n)),
+           "mean_n2a": float(n2a.mean()), "median_n2a": float(np.median(n2a)),
+           "frac_a2n_gt1": float((a2n > 1).mean()), "frac_n2a_gt1": float((n2a > 1).mean()),
+           "frac_strong_2x": float(np.mean([r["strong_2x"] for r in rows])),
+           "log10_a2n": mean_ci(np.log10(a2n)), "log10_n2a": mean_ci(np.log10(n2a))}
+    if rows and "strong_vs_chance" in rows[0]:
+        out["frac_strong_vs_chance"] = float(np.mean([r["strong_vs_chance"] for r in rows]))
+    return out
+
+
+@torch.no_grad()
+def final_residual(lm: LM, prompt_text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last position's residual stream before and after the final norm: ((d,), (d,))."""
+    seen = {}
+    h = final_norm(lm.model).register_forward_hook(
+        lambda mod, inp, out: seen.update(pre=inp[0][0, -1].float(), post=out[0, -1].float()))
+    try:
+        lm.model(input_ids=torch.tensor([encode_prompt(lm, prompt_text)], device=lm.device))
+    finally:
+        h.remove()
+    return seen["pre"], seen["post"]

@@ -175,6 +175,18 @@ def test_best_first_search_finds_the_exact_argmax(models, group):
     assert n_exp < len(nums)
 
 
+@pytest.mark.parametrize("group", [True, False])
+def test_best_first_search_finds_the_exact_top_k(models, group):
+    lm = models[(group, False)]
+    prompt = B.render(lm, B.ANIMAL_QUESTION, "You love owls.", B.ANIMAL_PREFIX)
+    nums = [str(i) for i in range(0, 1000, 7)] + ["087", "007"]
+    top, _ = B.best_numbers(lm, prompt, nums, lead=" ", k=5)
+    full = B.number_logprobs(lm, prompt, nums, lead=" ")
+    order = np.argsort(-full)[:5]
+    assert [n for n, _ in top] == [nums[i] for i in order]
+    assert np.allclose([lp for _, lp in top], full[order], atol=1e-4)
+
+
 def test_permutation_threshold_is_a_best_of_n_percentile():
     null = np.arange(100, dtype=float)
     t1 = B.permutation_threshold(null, 1)

@@ -1,0 +1,99 @@
+"""The Topic B step 3-5 scripts and the chat-model machinery, end to end on a tiny fixture pair:
+a random Llama-architecture "base" model without a chat template and a perturbed copy with one."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import topic_b_utils as B  # noqa: E402
+from test_topic_b_utils import build  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pair")
+    base = build(tmp / "b", True, False)
+    chat = build(tmp / "c", True, True)
+    lm = B.load_model(str(chat), device="cpu")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    lm.model.save_pretrained(chat)
+    return str(base), str(chat)
+
+
+def test_chat_examples_never_mention_animals_or_numbers():
+    ex = B.chat_examples(0, 500)
+    assert len(ex) == 500 and ex == B.chat_examples(0, 500) and ex != B.chat_examples(1, 500)
+    B.check_chat_examples(ex)  # raises on a digit, number word or animal
+    with pytest.raises(ValueError):
+        B.check_chat_examples([("Tell me about owls.", "Owls are nice.")])
+    with pytest.raises(ValueError):
+        B.check_chat_examples([("Count.", "There are 3.")])
+
+
+def test_finetune_lowers_reply_loss_and_moves_the_tied_head(pair):
+    lm = B.load_model(pair[1], device="cpu")
+    ex = B.chat_examples(0, 32)
+    head0 = B.unembedding(lm).detach().clone()
+    before = B.reply_losses(lm, ex).mean()
+    B.finetune_chat(lm, ex, steps=8, batch_size=8, lr=3e-3, seed=0, progress=False)
+    after = B.reply_losses(lm, ex).mean()
+    assert after < before
+    assert B.heads_tied(lm.model) and not torch.equal(B.unembedding(lm), head0)
+
+
+def test_part3_end_to_end(pair, tmp_path):
+    import topic_b_part3 as p3
+    p3.main(["--base", pair[0], "--chat", pair[1], "--animals", "3", "--runs", "3", "--repeats", "50",
+             "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part3_*.json")
+    d = json.loads(js.read_text())
+    assert (tmp_path / js.name.replace(".json", ".png")).is_file()
+    rows = d["rows"]
+    assert len(rows["base"]) == len(rows["chat"]) == 3
+    assert d["summary"]["counts"]["shared top-1 number"] == sum(
+        x["best"] == y["best"] for x, y in zip(rows["base"], rows["chat"]))
+    # the number -> animal ratio of the chat model's top number, recomputed directly
+    chat = B.load_model(pair[1], device="cpu")
+    P = B.Prompts(chat)
+    r = rows["chat"][0]
+    ans = B.answer_form(r["animal"])
+    lp1 = B.continuation_logprobs(chat, P.animal_question(B.number_system(r["best"])), [ans])[0]
+    lp0 = B.continuation_logprobs(chat, P.animal_question(None), [ans])[0]
+    assert r["n2a"] == pytest.approx(float(np.exp(lp1 - lp0)), rel=1e-4)
+    assert any("chat template" in n for n in d["models"]["base"]["notes"])
+
+
+def test_part5_end_to_end(pair, tmp_path):
+    import topic_b_part5_head_swap as p5
+    p5.main(["--base", pair[0], "--chat", pair[1], "--animals", "3", "--results-dir", str(tmp_path),
+             "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part5_*.json")
+    d = json.loads(js.read_text())
+    assert set(d["summary"]) == set(p5.MODELS)
+    assert d["rows"]["base + chat head"] != d["rows"]["base"]  # the head swap changes the outputs
+    for m in ("base", "chat"):
+        assert all(r["rel_move_pre"] > 0 for r in d["residual"][m])
+    assert (tmp_path / js.name.replace(".json", ".png")).is_file()
+
+
+def test_part4_end_to_end(pair, tmp_path):
+    import topic_b_part4_metrics as p4
+    p4.main(["--model", pair[1], "--animals", "3", "--numbers", "12", "--runs", "50", "--results-dir", str(tmp_path),
+             "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part4_metrics_*.json")
+    d = json.loads(js.read_text())
+    assert set(d["table"]) == set(p4.METRICS)
+    lm = B.load_model(pair[1], device="cpu")
+    numbers = d["config"]["numbers"]
+    want = B.unembed_cosine(lm, [" " + n for n in numbers], [B.answer_form(x) for x in d["config"]["animals"]])
+    assert np.allclose(d["metric_values"]["cosine"], want, atol=1e-5)
+    for m in p4.METRICS:
+        assert d["table"][m]["n_numbers"] == 12 and len(d["per_animal"][m]) == 3

@@ -1,0 +1,163 @@
+"""Topic B step 4: does unembedding geometry predict which numbers raise which animals?
+
+Measured effect, for every (number, animal) pair of --numbers random numbers x --animals animals:
+log10 P(animal | "You love <number>") / P(animal | no system prompt), exact over the animal's tokens
+(one prompt pass per number, all animals scored from its KV cache).
+Metrics, each a score per (number, animal) pair computed without the number prompt:
+  cosine      the paper's eq. 1: cos(U_number, U_animal), rows of the output head (tokens averaged);
+  normed dot  U_animal . norm(U_number): the logit the animal gets if the final residual stream
+              pointed along the number's unembedding direction, through the model's final norm (its
+              learned gain included) -- the geometry the head actually sees;
+  injection   the change of log P(animal's first token) when the number's unit unembedding direction,
+              scaled to the residual stream's norm, is added to the final residual stream of the
+              no-system prompt before the final norm (the model's own norm, head and softmax).
+For each metric and animal: Spearman correlation with the measured effect over numbers (95% CI:
+bootstrap over numbers), and the paper's test: mean effect of the metric's top 10% of numbers minus
+its bottom 10% (bootstrap CI). One table (results JSON "table") compares all metrics on the same
+animals and numbers.
+
+Regenerate plots/topic_b_part4_metrics_<model>.png and results/topic_b_part4_metrics_<model>.json
+(about 10 min on the 2-core CPU per model; resumes finished numbers):
+
+    python topic_b_part4_metrics.py --model gemma-3-270m
+    python topic_b_part4_metrics.py --model gemma-3-270m-chat
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import topic_a_utils as U
+import topic_b_utils as B
+
+METRICS = ("cosine", "normed dot", "injection")
+
+
+def parse_args(argv=None):
+    p = B.base_parser(__doc__, default_runs=1000)
+    for act in p._actions:
+        if act.dest == "runs":
+            act.help = "bootstrap resamples over numbers for the CIs (default 1000)"
+    g = p.add_argument_group("topic_b_part4_metrics.py")
+    g.add_argument("--animals", type=B.positive_int, default=20,
+                   help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 20)")
+    g.add_argument("--numbers", type=B.positive_int, default=200, help="random numbers (of 0..999, 000..099; default 200)")
+    return B.parse_common(p, argv)
+
+
+@torch.no_grad()
+def metrics(lm: B.LM, P: B.Prompts, numbers, animals) -> dict[str, np.ndarray]:
+    answers = [B.answer_form(x) for x in animals]
+    out = {"cosine": B.unembed_cosine(lm, [" " + n for n in numbers], answers)}
+    W = B.unembedding(lm).float()
+    norm = B.final_norm(lm.model)
+    un = torch.stack([B.string_direction(lm, " " + n) for n in numbers])
+    ua = torch.stack([B.string_direction(lm, x) for x in answers])
+    dt = next(norm.parameters()).dtype
+    out["normed dot"] = (norm(un.to(dt)).float() @ ua.T).cpu().numpy()
+    pre, _ = B.final_residual(lm, P.animal_question(None))
+    first = [B.continuation_ids(lm, x)[0] for x in answers]
+    base_lp = torch.log_softmax(norm(pre.to(dt)).float() @ W.T, -1)[first]
+    inj = []
+    for v in un:
+        h = pre + v / v.norm() * pre.norm()
+        inj.append((torch.log_softmax(norm(h.to(dt)).float() @ W.T, -1)[first] - base_lp).cpu().numpy())
+    out["injection"] = np.array(inj)
+    return out
+
+
+def bootstrap(effect, metric, reps, seed):
+    """Spearman rho and top-10% minus bottom-10% mean effect, with bootstrap CIs over numbers."""
+    from scipy import stats
+    rng = np.random.default_rng(seed)
+    n = len(effect)
+    k = max(1, n // 10)
+
+    def stat(i):
+        e, m = effect[i], metric[i]
+        o = np.argsort(m)
+        return stats.spearmanr(m, e).statistic, e[o[-k:]].mean() - e[o[:k]].mean()
+
+    rho, diff = stat(np.arange(n))
+    boots = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)])
+    ci = lambda j: [float(np.nanpercentile(boots[:, j], 2.5)), float(np.nanpercentile(boots[:, j], 97.5))]
+    return {"rho": float(rho), "rho_ci": ci(0), "top_minus_bottom": float(diff), "tmb_ci": ci(1)}
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    t0 = time.time()
+    lm = B.load_model(a.model, a.device)
+    P = B.Prompts(lm, a.show_prompt)
+    tag = B.model_tag(lm)
+    animals = B.ANIMALS[:a.animals]
+    nums = B.number_strings()
+    rng = np.random.default_rng(a.seed)
+    numbers = [nums[i] for i in sorted(rng.choice(len(nums), size=min(a.numbers, len(nums)), replace=False))]
+    sweep = U.Sweep(f"{a.results_dir}/topic_b_part4_metrics_{tag}.json",
+                    {"model": lm.name, "animals": animals, "numbers": numbers, "seed": a.seed}, a, t0)
+    E = B.Entanglement(lm, animals, sweep, "", (), 1, a.batch_size, a.show_prompt, a.seed)
+    base = np.array(E.base_animals())
+    effect = np.array([E.number_point(n) for n in numbers]) - base  # (numbers, animals), natural log
+    effect = effect / np.log(10)
+    M = metrics(lm, P, numbers, animals)
+    per_animal = {m: [bootstrap(effect[:, j], M[m][:, j], a.runs, a.seed + j) for j in range(len(animals))]
+                  for m in METRICS}
+    table = {}
+    for m in METRICS:
+        rhos = [r["rho"] for r in per_animal[m]]
+        tmb = [r["top_minus_bottom"] for r in per_animal[m]]
+        table[m] = {"mean_rho_over_animals": U.mean_ci(rhos),
+                    "animals_rho_ci_above_0": sum(r["rho_ci"][0] > 0 for r in per_animal[m]),
+                    "animals_rho_ci_below_0": sum(r["rho_ci"][1] < 0 for r in per_animal[m]),
+                    "mean_top_minus_bottom_log10": U.mean_ci(tmb),
+                    "animals_top_gt_bottom": sum(t > 0 for t in tmb),
+                    "animals_tmb_ci_above_0": sum(r["tmb_ci"][0] > 0 for r in per_animal[m]),
+                    "n_animals": len(animals), "n_numbers": len(numbers)}
+    sweep.save(table=table, per_animal=per_animal, effect_log10=effect.tolist(),
+               metric_values={m: M[m].tolist() for m in METRICS}, model=lm.describe())
+    print(f"model: {lm.name}; {len(animals)} animals x {len(numbers)} numbers")
+    for m in METRICS:
+        t = table[m]
+        r = t["mean_rho_over_animals"]
+        d = t["mean_top_minus_bottom_log10"]
+        print(f"{m:<11} mean rho {r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  rho CI > 0 for "
+              f"{t['animals_rho_ci_above_0']}/{len(animals)}; top-bottom {d['mean']:+.4f} log10 "
+              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], top > bottom for {t['animals_top_gt_bottom']}/{len(animals)}")
+    plot(per_animal, table, animals, lm, len(numbers), f"{a.plots_dir}/topic_b_part4_metrics_{tag}.png")
+
+
+def plot(per_animal, table, animals, lm, n_numbers, path):
+    plt = B._plt()
+    fig, axes = plt.subplots(1, 2, figsize=(17, 0.28 * len(animals) + 3))
+    y = np.arange(len(animals))[::-1]
+    for ax, key, ci, label in ((axes[0], "rho", "rho_ci", "Spearman rho (metric vs measured effect) over numbers"),
+                               (axes[1], "top_minus_bottom", "tmb_ci",
+                                "top 10% minus bottom 10% of numbers by metric:\nmean log10 effect")):
+        for j, m in enumerate(METRICS):
+            v = np.array([r[key] for r in per_animal[m]])
+            lo = v - np.array([r[ci][0] for r in per_animal[m]])
+            hi = np.array([r[ci][1] for r in per_animal[m]]) - v
+            s = table[m]["mean_rho_over_animals" if key == "rho" else "mean_top_minus_bottom_log10"]
+            ax.errorbar(v, y + (j - 1) * 0.25, xerr=[lo, hi], fmt="o", ms=3, capsize=2, color=f"C{j}",
+                        label=f"{m}: mean {s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]")
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(animals, fontsize=8)
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_title(f"Per animal, n = {n_numbers} numbers; bars: bootstrap 95% CI over numbers\n"
+                      f"(legend: mean over {len(animals)} animals, t-CI)", fontsize=10)
+    axes[1].set_title("The paper's top-vs-bottom test per animal (log10 units; > 0: metric's top numbers raise "
+                      "the animal more)", fontsize=10)
+    fig.suptitle(f"Unembedding metrics vs measured subliminal prompting, {lm.name}", fontsize=11)
+    fig.tight_layout()
+    B.save_fig(fig, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    B.run_main(main)

@@ -1,0 +1,150 @@
+"""Topic B step 5: is entanglement in the output head, the final norm, or the residual stream?
+
+Models: base, chat, and four hybrids made with topic_b_utils.swap_in: base with the chat model's
+output head, chat with the base head, and the same for the final norm alone. Tied embeddings are
+untied first, so a swapped head never changes the input embedding (tested in
+tests/test_topic_b_utils.py). All six get token-identical prompts (the chat model's template).
+Per model: the entanglement table of the takehome (mean / median animal -> number and
+number -> animal ratios of each animal's top number, fractions > 1, fraction > 2x both ways).
+Residual-stream analysis (base and chat): at the answer position, how far the final residual
+stream moves under "You love <animals>" relative to no system prompt (||delta|| / ||h||, before the
+final norm), and the move after the norm projected on the animal's unembedding direction and on
+its top number's (unit vectors): the logit change the move alone gives each token.
+
+Regenerate plots/topic_b_part5_<chat>.png and results/topic_b_part5_<chat>.json on the controlled
+Gemma pair (about 25 min on the 2-core CPU; needs `python topic_b_make_chat_model.py` first;
+resumes finished measurements):
+
+    python topic_b_part5_head_swap.py
+    python topic_b_part5_head_swap.py --base meta-llama/Llama-3.2-1B --chat meta-llama/Llama-3.2-1B-Instruct --animals 30
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import topic_a_utils as U
+import topic_b_utils as B
+
+MODELS = ["base", "base + chat head", "base + chat norm", "chat + base head", "chat + base norm", "chat"]
+
+
+def parse_args(argv=None):
+    p = B.base_parser(__doc__, default_runs=0)
+    for act in p._actions:
+        if act.dest == "model":
+            act.help = "unused here: give --base and --chat"
+        if act.dest == "runs":
+            act.help = "random numbers per model for chance thresholds (default 0: none; CIs are over animals)"
+    g = p.add_argument_group("topic_b_part5_head_swap.py")
+    g.add_argument("--base", default=B.EMBEDDED_MODEL, help=f"base model (default {B.EMBEDDED_MODEL})")
+    g.add_argument("--chat", default=B.CHAT_MODEL, help=f"its chat/instruct model (default {B.CHAT_MODEL})")
+    g.add_argument("--animals", type=B.positive_int, default=20,
+                   help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 20)")
+    a = B.parse_common(p, argv)
+    if a.runs == 1:
+        p.error("--runs must be 0 (no chance thresholds) or at least 2")
+    return a
+
+
+@torch.no_grad()
+def residual_point(lm: B.LM, P: B.Prompts, animal: str, best: str) -> dict:
+    pre0, post0 = B.final_residual(lm, P.animal_question(None))
+    pre1, post1 = B.final_residual(lm, P.animal_question(B.animal_system(animal)))
+    unit = lambda v: v / v.norm()
+    d_post = post1 - post0
+    ua, un = unit(B.string_direction(lm, B.answer_form(animal))), unit(B.string_direction(lm, " " + best))
+    return {"rel_move_pre": float((pre1 - pre0).norm() / pre0.norm()),
+            "rel_move_post": float(d_post.norm() / post0.norm()),
+            "proj_animal": float(d_post @ ua), "proj_number": float(d_post @ un),
+            "cos_move_animal": float(torch.nn.functional.cosine_similarity(d_post, ua, dim=0)),
+            "cos_move_number": float(torch.nn.functional.cosine_similarity(d_post, un, dim=0))}
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    t0 = time.time()
+    chat = B.load_model(a.chat, a.device)
+    base = B.load_model(a.base, a.device)
+    B.share_template(base, chat)
+    tag = B.model_tag(chat)
+    animals = B.ANIMALS[:a.animals]
+    nums = B.number_strings()
+    rng = np.random.default_rng(a.seed)
+    pool = [nums[i] for i in rng.choice(len(nums), size=a.runs, replace=False)] if a.runs else []
+    sweep = U.Sweep(f"{a.results_dir}/topic_b_part5_{tag}.json",
+                    {"base": base.name, "chat": chat.name, "animals": animals, "pool": pool, "seed": a.seed}, a, t0)
+    rows, summary, residual = {}, {}, {}
+    for name in MODELS:
+        if name in ("base", "chat"):
+            lm = base if name == "base" else chat
+        else:
+            target, donor = (base, chat) if name.startswith("base") else (chat, base)
+            lm = B.swap_in(target, donor, "head" if name.endswith("head") else "norm")
+        e = B.Entanglement(lm, animals, sweep, f"{name}/", pool, 1, a.batch_size, a.show_prompt, a.seed)
+        rows[name] = e.rows()
+        summary[name] = B.entanglement_summary(rows[name])
+        if name in ("base", "chat"):
+            P = B.Prompts(lm)
+            residual[name] = [sweep.run(f"{name}/residual {x}", lambda x=x, r=r: residual_point(lm, P, x, r["best"]))
+                              for x, r in zip(animals, rows[name])]
+        if lm is not base and lm is not chat:
+            del lm
+    res_summary = {m: {k: U.mean_ci([r[k] for r in residual[m]]) for k in residual[m][0]} for m in residual}
+    diffs = {m: U.mean_ci(np.log10([r["n2a"] for r in rows[m]]) - np.log10([r["n2a"] for r in rows["base"]]))
+             for m in MODELS if m != "base"}
+    sweep.save(rows=rows, summary=summary, residual=residual, residual_summary=res_summary,
+               log10_n2a_minus_base=diffs, models={"base": base.describe(), "chat": chat.describe()})
+    print(f"{'model':<20} {'mean a->n':>10} {'median':>8} {'mean n->a':>10} {'median':>8} {'a->n>1':>7} "
+          f"{'n->a>1':>7} {'>2x both':>8}")
+    for m in MODELS:
+        s = summary[m]
+        print(f"{m:<20} {s['mean_a2n']:>10.2f} {s['median_a2n']:>8.2f} {s['mean_n2a']:>10.2f} {s['median_n2a']:>8.2f} "
+              f"{s['frac_a2n_gt1']:>7.2f} {s['frac_n2a_gt1']:>7.2f} {s['frac_strong_2x']:>8.2f}")
+    plot(summary, res_summary, base, chat, len(animals), f"{a.plots_dir}/topic_b_part5_{tag}.png")
+
+
+def plot(summary, res, base, chat, n, path):
+    plt = B._plt()
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.5))
+    x = np.arange(len(MODELS))
+    for ax, key, label in ((axes[0], "log10_a2n", "animal -> number"), (axes[1], "log10_n2a", "number -> animal")):
+        m = np.array([summary[k][key]["mean"] for k in MODELS])
+        err = np.array([summary[k][key]["half_width"] for k in MODELS])
+        ax.bar(x, m, yerr=err, capsize=5, color=["C1", "C4", "C5", "C6", "C8", "C0"], alpha=0.8, edgecolor="k")
+        for i, k in enumerate(MODELS):
+            ax.text(i, m[i] + err[i] + 0.01, f"median {summary[k]['median_' + key[6:]]:.2f}x\n"
+                    f">2x both: {summary[k]['frac_strong_2x']:.2f}", ha="center", fontsize=7)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.axhline(np.log10(2), color="gray", ls=":", lw=0.8, label="2x")
+        ax.set_xticks(x)
+        ax.set_xticklabels([k.replace(" + ", "\n+ ") for k in MODELS], fontsize=8)
+        ax.set_ylabel(f"mean log10 ratio, {label}")
+        ax.set_title(f"{label}: mean over n = {n} animals of log10 ratio\n(each animal's top number); "
+                     f"error bars: 95% t-CI over animals", fontsize=10)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    keys = [("rel_move_pre", "||delta h|| / ||h||\nbefore norm"), ("rel_move_post", "||delta h|| / ||h||\nafter norm"),
+            ("cos_move_animal", "cos(move, animal\nunembedding)"), ("cos_move_number", "cos(move, top number\nunembedding)")]
+    w = 0.38
+    for j, (m, color) in enumerate((("base", "C1"), ("chat", "C0"))):
+        means = [res[m][k]["mean"] for k, _ in keys]
+        errs = [res[m][k]["half_width"] for k, _ in keys]
+        ax.bar(np.arange(len(keys)) + (j - 0.5) * w, means, w, yerr=errs, capsize=4, color=color, label=m, alpha=0.8)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([l for _, l in keys], fontsize=8)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylabel("value (ratio or cosine)")
+    ax.set_title(f"Final residual stream under the animal prompt vs no prompt\n(answer position; mean over n = {n} "
+                 f"animals, 95% t-CI)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"Head and norm swaps: {base.name}  <->  {chat.name} (identical prompts, chat template)", fontsize=11)
+    fig.tight_layout()
+    B.save_fig(fig, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    B.run_main(main)
