@@ -13,10 +13,10 @@ top-1 number shared); counts of shared top-1 / any shared top-5 / strong (> 2x b
 per model and in both; per-animal log2-ratio heat map; bidirectional scatter per model.
 
 Regenerate plots/topic_b_part3_<chat>.png and results/topic_b_part3_<chat>.json on the controlled
-Gemma pair (about 15 min on the 2-core CPU; make the chat model first with
+Gemma pair (about 10 min on the 2-core CPU at 20 animals; make the chat model first with
 `python topic_b_make_chat_model.py`; resumes finished measurements):
 
-    python topic_b_part3.py
+    python topic_b_part3.py --animals 20
     python topic_b_part3.py --base meta-llama/Llama-3.2-1B --chat meta-llama/Llama-3.2-1B-Instruct --animals 40
 """
 from __future__ import annotations

@@ -17,10 +17,10 @@ its bottom 10% (bootstrap CI). One table (results JSON "table") compares all met
 animals and numbers.
 
 Regenerate plots/topic_b_part4_metrics_<model>.png and results/topic_b_part4_metrics_<model>.json
-(about 10 min on the 2-core CPU per model; resumes finished numbers):
+(about 5 min on the 2-core CPU per model at 10 animals x 100 numbers; resumes finished numbers):
 
-    python topic_b_part4_metrics.py --model gemma-3-270m
-    python topic_b_part4_metrics.py --model gemma-3-270m-chat
+    python topic_b_part4_metrics.py --model gemma-3-270m --animals 10 --numbers 100
+    python topic_b_part4_metrics.py --model gemma-3-270m-chat --animals 10 --numbers 100
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ final norm), and the move after the norm projected on the animal's unembedding d
 its top number's (unit vectors): the logit change the move alone gives each token.
 
 Regenerate plots/topic_b_part5_<chat>.png and results/topic_b_part5_<chat>.json on the controlled
-Gemma pair (about 25 min on the 2-core CPU; needs `python topic_b_make_chat_model.py` first;
-resumes finished measurements):
+Gemma pair (about 10 min on the 2-core CPU at 10 animals; needs `python topic_b_make_chat_model.py`
+first; resumes finished measurements):
 
-    python topic_b_part5_head_swap.py
+    python topic_b_part5_head_swap.py --animals 10
     python topic_b_part5_head_swap.py --base meta-llama/Llama-3.2-1B --chat meta-llama/Llama-3.2-1B-Instruct --animals 30
 """
 from __future__ import annotations
