@@ -90,6 +90,9 @@ STEP2 = {
     "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
     "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3"], ["summary"]),
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
+    "topic_a_factors.py": (["--factors", "aux", "dataset"], ["summary", "aux_over_bound"]),
+    "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
+    "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
 }
 
 
@@ -123,3 +126,22 @@ def test_mechanism_script_reports_bit_identical_digit_rows(tmp_path, mnist_dir):
     assert res["track"][0]["step"] == 0 and len(res["track"]) >= 2
     assert res["track"][0]["cka_1"] != [1.0, 1.0]  # the reference is not the teacher
     assert (tmp_path / "topic_a_mechanism.png").stat().st_size > 10_000
+
+
+def test_maximize_frozen_head_teacher_makes_the_bound_the_teacher(tmp_path, mnist_dir):
+    """With the teacher's digit rows frozen at the shared init, "teacher body + init digit rows" is
+    the teacher itself, so the bound equals the teacher's accuracy run by run."""
+    r = run_script(["--runs", "2", "--n-train", "1024", "--n-test", "300", "--no-progress", "--no-cache",
+                    "--config", "frozen-head teacher", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
+                    "--plots-dir", str(tmp_path)], script="topic_a_maximize.py")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "topic_a_maximize.json").read_text())
+    s = res["summary"]
+    assert s["bound (teacher body + init digit head)"]["per_run"] == s["teacher"]["per_run"]
+    assert len(res["student_per_epoch"]) == res["config"]["student_epochs"] == 5
+    assert (tmp_path / "topic_a_maximize.png").stat().st_size > 10_000
+    r = run_script(["--runs", "2", "--n-train", "1024", "--n-test", "300", "--no-progress", "--no-cache",
+                    "--config", "takehome baseline", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
+                    "--plots-dir", str(tmp_path)], script="topic_a_maximize.py")
+    s = json.loads((tmp_path / "topic_a_maximize.json").read_text())["summary"]
+    assert s["bound (teacher body + init digit head)"]["per_run"] != s["teacher"]["per_run"]
