@@ -15,10 +15,11 @@ effective dimension of the inputs (PCA-95% and participation ratio), the partici
 the teacher's last hidden layer on them, and the teacher's aux-digit logit coupling (R^2).
 The predictor is chosen on the variance/blur/subspace families and tested on spectrum/blurred.
 
-Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json (all studies:
-about 2.5 h on the 2-core CPU at 25 runs, minutes on a GPU; resumes finished points):
+Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json. The committed
+figure used 3 runs and 12 epochs to fit the CPU budget (about 30 min on one core; at 25 runs and 20
+epochs about 2.5 h on the 2-core CPU, minutes on a GPU); resumes finished points:
 
-    python topic_a_noise_spectrum.py --runs 25 --study all
+    python topic_a_noise_spectrum.py --runs 3 --epochs 12 --study all
     python topic_a_noise_spectrum.py --study spectra      # the spectra figure alone, seconds
 """
 from __future__ import annotations
