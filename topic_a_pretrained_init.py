@@ -95,9 +95,9 @@ def plot(summary, gain, a):
     ax.set_xticklabels([f"{n}\nstudent gain over init: {gain[n]['mean']:+.3f} +- {gain[n]['half_width']:.3f}"
                         for n in INITS], fontsize=9)
     ax.set_ylabel("MNIST test accuracy")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.22)
     ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
-    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    ax.legend(fontsize=8, loc="upper center", ncol=5)
     ax.set_title(f"Bonus 1: shared init = random vs pretrained ({a.pretrain_epochs} epochs); teacher 5 epochs on "
                  f"MNIST, student 5 epochs on uniform noise (aux logits)\nbars: mean; error bars: 95% t-CI; "
                  f"n = {a.runs} runs", fontsize=10)
