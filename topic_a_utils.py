@@ -1376,7 +1376,8 @@ def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: st
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.17)
     n = n_label or f"n = {summary[names[0]]['n']} runs"
-    ax.set_title(f"{title}\nbars: mean; error bars: 95% t-CI; dots: single runs; {n}", fontsize=10)
+    dots = "; dots: single runs" if show_points else ""
+    ax.set_title(f"{title}\nbars: mean; error bars: 95% t-CI{dots}; {n}", fontsize=10)
     if own:
         fig.tight_layout()
         save_fig(fig, path)

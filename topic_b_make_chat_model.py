@@ -12,7 +12,9 @@ tuned, the tied input/output embedding included, with AdamW, linear warm-up and 
 Writes the model to $SUBLIMINAL_MODEL_CACHE/gemma-3-270m-chat (default ~/.cache/subliminal/models;
 load it with --model gemma-3-270m-chat), results/topic_b_make_chat_model.json (data, steps, seed,
 loss curve, held-out reply loss before/after, sample answers) and plots/topic_b_make_chat_model.png.
-About 15 min on the 2-core CPU (plus the one-time GGUF dequantisation):
+About 30 min on the 2-core CPU shared with one other job (28 min of it the 120 steps; plus the
+one-time GGUF dequantisation). The held-out exchanges come from the same templates (other draws):
+they show the format was learned, not general chat ability.
 
     python topic_b_make_chat_model.py
 """
