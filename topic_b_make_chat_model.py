@@ -52,6 +52,8 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=U.positive_float, default=5e-5, help="peak AdamW learning rate (default 5e-5)")
     g.add_argument("--n-examples", type=B.positive_int, default=3000, help="training exchanges drawn (default 3000)")
     g.add_argument("--out", default=None, help="output model directory (default <model cache>/gemma-3-270m-chat)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="redraw the figure from results/topic_b_make_chat_model.json, train nothing")
     return B.parse_common(p, argv)
 
 
@@ -66,6 +68,11 @@ def greedy(lm: B.LM, user: str, max_new: int = 24) -> str:
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only:
+        res = U.load_json(f"{a.results_dir}/topic_b_make_chat_model.json")
+        if res is None:
+            raise U.UserError(f"no {a.results_dir}/topic_b_make_chat_model.json: run python topic_b_make_chat_model.py")
+        return plot(res, a)
     t0 = time.time()
     torch.manual_seed(a.seed)
     out_dir = Path(a.out) if a.out else B.model_cache_dir() / B.CHAT_MODEL
