@@ -123,8 +123,8 @@ def plot(rows, s, base, chat, path, a):
     xc, yb = np.array([x["n2a"] for x in c]), np.array([y["n2a"] for y in b])
     ax.scatter(xc[~shared], yb[~shared], color="C0", s=20, label=f"top-1 number differs ({(~shared).sum()})")
     ax.scatter(xc[shared], yb[shared], color="C3", s=30, label=f"top-1 number shared ({shared.sum()})")
-    ax.scatter([y["n2a_of_chat_number"] for y in b], yb, color="C2", s=10, marker="x",
-               label="base, prompted with the chat model's number")
+    ax.scatter(xc, [y["n2a_of_chat_number"] for y in b], color="C2", s=14, marker="x",
+               label="y = base prompted with the chat model's top number")
     for x, y, r in zip(xc, yb, c):
         ax.annotate(r["animal"], (x, y), fontsize=6, alpha=0.7)
     lim = [min(xc.min(), yb.min()) * 0.7, max(xc.max(), yb.max()) * 1.4]
@@ -147,7 +147,8 @@ def plot(rows, s, base, chat, path, a):
     for i, k in enumerate(ks):
         ax.text(i, s["counts"][k] + 0.2, str(s["counts"][k]), ha="center", fontsize=9)
     ax.set_xticks(range(len(ks)))
-    ax.set_xticklabels([k.replace(" (", "\n(").replace(" number", "\nnumber") for k in ks], fontsize=8)
+    ax.set_xticklabels([k.replace(" (", "\n(").replace(" number", "\nnumber").replace("chance ", "chance\n")
+                        .replace(" in both", "\nin both") for k in ks], fontsize=8)
     ax.set_ylabel(f"number of animals (of {n})")
     ax.set_title("Overlap and strength counts; strong = both ratios > 2;\n"
                  f"above chance = both ratios above the 95th percentile of {a.runs} random numbers", fontsize=10)
