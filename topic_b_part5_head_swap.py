@@ -63,6 +63,24 @@ def residual_point(lm: B.LM, P: B.Prompts, animal: str, best: str) -> dict:
             "cos_move_number": float(torch.nn.functional.cosine_similarity(d_post, un, dim=0))}
 
 
+@torch.no_grad()
+def param_change(base: B.LM, chat: B.LM) -> dict:
+    """||chat - base|| / ||base|| for the output head, the final norm, and everything else (the body)."""
+    head_b, head_c = B.unembedding(base).float(), B.unembedding(chat).float()
+    nb, nc = B.final_norm(base.model), B.final_norm(chat.model)
+    skip = {id(p) for p in (*nb.parameters(), base.model.get_output_embeddings().weight)}
+    pc = dict(chat.model.named_parameters())
+    num = den = 0.0
+    for name, p in base.model.named_parameters():
+        if id(p) not in skip:
+            num += float((pc[name].float() - p.float()).pow(2).sum())
+            den += float(p.float().pow(2).sum())
+    flat = lambda m: torch.cat([p.float().flatten() for p in m.parameters()])
+    return {"head": float((head_c - head_b).norm() / head_b.norm()),
+            "final_norm": float((flat(nc) - flat(nb)).norm() / flat(nb).norm()),
+            "body": (num / den) ** 0.5}
+
+
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
@@ -93,10 +111,12 @@ def main(argv=None):
         if lm is not base and lm is not chat:
             del lm
     res_summary = {m: {k: U.mean_ci([r[k] for r in residual[m]]) for k in residual[m][0]} for m in residual}
+    change = param_change(base, chat)
+    print("relative parameter change, chat vs base:", {k: f"{v:.2e}" for k, v in change.items()})
     diffs = {m: U.mean_ci(np.log10([r["n2a"] for r in rows[m]]) - np.log10([r["n2a"] for r in rows["base"]]))
              for m in MODELS if m != "base"}
     sweep.save(rows=rows, summary=summary, residual=residual, residual_summary=res_summary,
-               log10_n2a_minus_base=diffs, models={"base": base.describe(), "chat": chat.describe()})
+               log10_n2a_minus_base=diffs, param_change=change, models={"base": base.describe(), "chat": chat.describe()})
     print(f"{'model':<20} {'mean a->n':>10} {'median':>8} {'mean n->a':>10} {'median':>8} {'a->n>1':>7} "
           f"{'n->a>1':>7} {'>2x both':>8}")
     for m in MODELS:
