@@ -65,20 +65,22 @@ def residual_point(lm: B.LM, P: B.Prompts, animal: str, best: str) -> dict:
 
 @torch.no_grad()
 def param_change(base: B.LM, chat: B.LM) -> dict:
-    """||chat - base|| / ||base|| for the output head, the final norm, and everything else (the body)."""
+    """||chat - base|| / ||base|| for the output head, the final norm, the body's weight matrices and
+    the body's norm gains (kept apart: Gemma's gains are ~25 and would swamp the matrices)."""
     head_b, head_c = B.unembedding(base).float(), B.unembedding(chat).float()
     nb, nc = B.final_norm(base.model), B.final_norm(chat.model)
     skip = {id(p) for p in (*nb.parameters(), base.model.get_output_embeddings().weight)}
     pc = dict(chat.model.named_parameters())
-    num = den = 0.0
+    acc = {"body_matrices": [0.0, 0.0], "body_norms": [0.0, 0.0]}
     for name, p in base.model.named_parameters():
         if id(p) not in skip:
-            num += float((pc[name].float() - p.float()).pow(2).sum())
-            den += float(p.float().pow(2).sum())
+            a = acc["body_matrices" if p.dim() >= 2 else "body_norms"]
+            a[0] += float((pc[name].float() - p.float()).pow(2).sum())
+            a[1] += float(p.float().pow(2).sum())
     flat = lambda m: torch.cat([p.float().flatten() for p in m.parameters()])
     return {"head": float((head_c - head_b).norm() / head_b.norm()),
             "final_norm": float((flat(nc) - flat(nb)).norm() / flat(nb).norm()),
-            "body": (num / den) ** 0.5}
+            **{k: (v[0] / v[1]) ** 0.5 if v[1] else 0.0 for k, v in acc.items()}}
 
 
 def main(argv=None):

@@ -81,8 +81,8 @@ def test_part5_end_to_end(pair, tmp_path):
     assert d["rows"]["base + chat head"] != d["rows"]["base"]  # the head swap changes the outputs
     for m in ("base", "chat"):
         assert all(r["rel_move_pre"] > 0 for r in d["residual"][m])
-    assert set(d["param_change"]) == {"head", "final_norm", "body"}
-    assert d["param_change"]["body"] > 0  # the fixture pair differs everywhere
+    assert set(d["param_change"]) == {"head", "final_norm", "body_matrices", "body_norms"}
+    assert d["param_change"]["body_matrices"] > 0  # the fixture pair differs everywhere
     assert (tmp_path / js.name.replace(".json", ".png")).is_file()
 
 
