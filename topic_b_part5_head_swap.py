@@ -136,9 +136,11 @@ def plot(summary, res, base, chat, n, path):
         m = np.array([summary[k][key]["mean"] for k in MODELS])
         err = np.array([summary[k][key]["half_width"] for k in MODELS])
         ax.bar(x, m, yerr=err, capsize=5, color=["C1", "C4", "C5", "C6", "C8", "C0"], alpha=0.8, edgecolor="k")
-        for i, k in enumerate(MODELS):
-            ax.text(i, m[i] + err[i] + 0.01, f"median {summary[k]['median_' + key[6:]]:.2f}x\n"
-                    f">2x both: {summary[k]['frac_strong_2x']:.2f}", ha="center", fontsize=7)
+        top = float(np.max(m + err)) + 0.03
+        for i, k in enumerate(MODELS):  # one row of labels above every bar
+            ax.text(i, top, f"median {summary[k]['median_' + key[6:]]:.2f}x\n"
+                    f">2x both: {summary[k]['frac_strong_2x']:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(top=top + 0.25)
         ax.axhline(0, color="gray", lw=0.8)
         ax.axhline(np.log10(2), color="gray", ls=":", lw=0.8, label="2x")
         ax.set_xticks(x)
