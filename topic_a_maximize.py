@@ -13,7 +13,8 @@ Levers, as named configurations (CONFIGS):
 --search runs the configurations of SEARCH with --search-runs runs (resumable, every result
 logged to results/topic_a_maximize_search.json); without it the script runs one configuration
 (--config, default the best found) with --runs runs and writes results/topic_a_maximize.json and
-plots/topic_a_maximize.png: the student next to its bound and its teacher. The common training
+plots/topic_a_maximize.png (another --config: topic_a_maximize_<config>.*): the student during
+distillation and at the end, next to its bound and its teacher. The common training
 flags (--teacher-epochs, --student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
 
     python topic_a_maximize.py --search --search-runs 5     # the logged search
@@ -58,7 +59,7 @@ SEARCH = ["takehome baseline", "baseline teacher, student 40 ep lr 1e-3 mse", "f
           "frozen-head teacher 10 ep lr 1e-3", "frozen10, student 40 ep lr 1e-3 kl",
           "frozen10, student 40 ep lr 1e-3 mse", "frozen10, student 40 ep lr 1e-3 mse cosine",
           "frozen10, student 30 ep lr 1e-3 mse cosine"]
-BEST = "frozen10, student 30 ep lr 1e-3 mse cosine"
+BEST = "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine"
 
 
 def parse_args(argv=None):
@@ -81,6 +82,13 @@ def source_for(c: dict, seed: int, n: int) -> U.InputSource:
     if c["noise"] == "blurred":
         return U.BlurredNoise(seed, c["noise_sigma"], n)
     raise U.UserError(f"unknown noise {c['noise']!r}")
+
+
+def out_name(config: str) -> str:
+    """topic_a_maximize for the best configuration, topic_a_maximize_<config> for any other."""
+    if config == BEST:
+        return "topic_a_maximize"
+    return "topic_a_maximize_" + "".join(c if c.isalnum() else "_" for c in config).strip("_")
 
 
 def run_config(S: U.Setup, name: str, runs: int, curve: bool = True) -> dict:
@@ -123,7 +131,7 @@ def main(argv=None):
                            "teacher": r["teacher"]})
     frac = np.array(r["student"]) / np.array(r["bound"])
     curve = [U.mean_ci(v) for v in r["student_per_epoch"]]
-    U.save_json(f"{a.results_dir}/topic_a_maximize.json", {
+    U.save_json(f"{a.results_dir}/{out_name(a.config)}.json", {
         "provenance": U.provenance(a, S.t0), "config_name": a.config, "config": r["config"], "summary": summary,
         "student_over_bound": U.mean_ci(frac), "student_per_epoch": curve, "per_run": r,
         "distill_wall_s": round(time.time() - t, 1)})
@@ -154,8 +162,8 @@ def plot_best(summary, curve, c, a):
     fig.suptitle(f"Maximised aux-only MNIST student (10 digit + 3 aux logits, 784-{c['hidden']}-{c['hidden']}-13)\n"
                  f"{desc}", fontsize=11)
     fig.tight_layout()
-    U.save_fig(fig, f"{a.plots_dir}/topic_a_maximize.png")
-    print(f"wrote {a.plots_dir}/topic_a_maximize.png")
+    U.save_fig(fig, f"{a.plots_dir}/{out_name(a.config)}.png")
+    print(f"wrote {a.plots_dir}/{out_name(a.config)}.png")
 
 
 def plot_search(table, a):
