@@ -135,13 +135,13 @@ def test_maximize_frozen_head_teacher_makes_the_bound_the_teacher(tmp_path, mnis
                     "--config", "frozen-head teacher", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
                     "--plots-dir", str(tmp_path)], script="topic_a_maximize.py")
     assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "topic_a_maximize.json").read_text())
+    res = json.loads((tmp_path / "topic_a_maximize_frozen_head_teacher.json").read_text())
     s = res["summary"]
     assert s["bound (teacher body + init digit head)"]["per_run"] == s["teacher"]["per_run"]
     assert len(res["student_per_epoch"]) == res["config"]["student_epochs"] == 5
-    assert (tmp_path / "topic_a_maximize.png").stat().st_size > 10_000
+    assert (tmp_path / "topic_a_maximize_frozen_head_teacher.png").stat().st_size > 10_000
     r = run_script(["--runs", "2", "--n-train", "1024", "--n-test", "300", "--no-progress", "--no-cache",
                     "--config", "takehome baseline", "--data-dir", mnist_dir, "--results-dir", str(tmp_path),
                     "--plots-dir", str(tmp_path)], script="topic_a_maximize.py")
-    s = json.loads((tmp_path / "topic_a_maximize.json").read_text())["summary"]
+    s = json.loads((tmp_path / "topic_a_maximize_takehome_baseline.json").read_text())["summary"]
     assert s["bound (teacher body + init digit head)"]["per_run"] != s["teacher"]["per_run"]
