@@ -131,7 +131,7 @@ def main(argv=None):
 
 def plot(per_animal, table, animals, lm, n_numbers, path):
     plt = B._plt()
-    fig, axes = plt.subplots(1, 2, figsize=(17, 0.28 * len(animals) + 3))
+    fig, axes = plt.subplots(1, 2, figsize=(17, 0.28 * len(animals) + 4.2))
     y = np.arange(len(animals))[::-1]
     for ax, key, ci, label in ((axes[0], "rho", "rho_ci", "Spearman rho (metric vs measured effect) over numbers"),
                                (axes[1], "top_minus_bottom", "tmb_ci",
@@ -147,7 +147,7 @@ def plot(per_animal, table, animals, lm, n_numbers, path):
         ax.set_yticks(y)
         ax.set_yticklabels(animals, fontsize=8)
         ax.set_xlabel(label)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
         ax.grid(alpha=0.3, axis="x")
     axes[0].set_title(f"Per animal, n = {n_numbers} numbers; bars: bootstrap 95% CI over numbers\n"
                       f"(legend: mean over {len(animals)} animals, t-CI)", fontsize=10)
