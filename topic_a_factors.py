@@ -89,21 +89,28 @@ def plot(summary, xs, a):
     n = f"n = {a.runs} runs per point"
     labels = {"width": ("hidden width (both layers)", "Width: 784-w-w-13"),
               "aux": ("number of aux logits", "Aux logits: 784-256-256-(10+m)"),
-              "depth": ("number of hidden layers (width 256)", "Depth: 784-256x d-13"),
+              "depth": ("number of hidden layers d (width 256)", "Depth: 784-(256 x d)-13"),
               "dataset": ("dataset (teacher training and test set)", "Dataset: MNIST vs Fashion-MNIST")}
     fs = list(summary)
-    fig, axes = plt.subplots(1, len(fs), figsize=(6 * len(fs), 5), squeeze=False)
-    for ax, f in zip(axes[0], fs):
+    cols = min(2, len(fs))
+    rows = (len(fs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 5 * rows), squeeze=False)
+    for ax in axes.flat[len(fs):]:
+        ax.set_visible(False)
+    for ax, f in zip(axes.flat, fs):
         x = xs[f] if f != "dataset" else list(range(len(xs[f])))
         U.sweep_plot(x, summary[f], None, labels[f][1], labels[f][0], ax=ax, n_label=n, chance=0.1,
                      logx=f in ("width", "aux"))
+        ax.set_xticks(x)
         if f == "dataset":
-            ax.set_xticks(x)
             ax.set_xticklabels(["MNIST", "Fashion-MNIST"])
-        elif f == "depth":
-            ax.set_xticks(x)
-    fig.suptitle("Comments & Extensions factors, one at a time around the baseline MLP; students see only "
-                 "uniform noise (5 epochs x 60000); bound = teacher hidden layers + init digit rows", fontsize=11)
+            ax.set_ylabel("test accuracy on the teacher's dataset")
+        else:
+            ax.set_xticklabels([str(v) for v in x])
+        ax.legend(fontsize=8, loc="center right")
+    fig.suptitle("Comments & Extensions factors, one at a time around the baseline MLP 784-256-256-13\n"
+                 "students see only uniform noise (5 epochs x 60000); bound = teacher hidden layers + init digit rows",
+                 fontsize=11)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_factors.png")
     print(f"wrote {a.plots_dir}/topic_a_factors.png")
