@@ -139,24 +139,42 @@ def summarise(points, fams, a):
 def plot_results(summary, a):
     plt = U._plt()
     fams = summary["families"]
-    fig, axes = plt.subplots(1, len(fams) + 1, figsize=(4.6 * (len(fams) + 1), 4.6))
-    axes = np.atleast_1d(axes)
+    n_panels = len(fams) + 1
+    cols = 3
+    rows = (n_panels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
     n = f"n = {a.runs} runs per point"
+    titles = {"variance": "Gaussian noise, varying std", "blur": "Gaussian noise blurred, rescaled to unit variance",
+              "subspace": "Gaussian noise in a random k-dim subspace", "spectrum":
+              "random-phase noise with blurred-MNIST spectrum", "blurred": "blurred MNIST training images"}
     xlabels = {"variance": "noise std", "blur": "blur sigma (pixels)", "subspace": "subspace dimension k",
-               "spectrum": "sigma of the blurred-MNIST spectrum", "blurred": "blur sigma of MNIST images"}
-    for ax, (fam, v) in zip(axes, fams.items()):
+               "spectrum": "blur sigma of the MNIST images whose spectrum is copied",
+               "blurred": "blur sigma of the MNIST images"}
+    for ax, (fam, v) in zip(axes.flat, fams.items()):
         U.sweep_plot(v["x"], {f"{a.student_epochs} epochs": v["short"], f"{a.epochs} epochs": v["long"]}, None,
-                     f"{fam}", xlabels[fam], chance=0.1, ax=ax, n_label=n,
+                     titles[fam], xlabels[fam], chance=0.1, ax=ax, n_label=n,
                      logx=fam in ("variance", "subspace"))
-    ax = axes[-1]
+        ax.set_xticks(v["x"])
+        ax.set_xticklabels([f"{x:g}" for x in v["x"]])
+        ax.set_ylim(0, 1)
+    ax = axes.flat[len(fams)]
     for i, (fam, v) in enumerate(fams.items()):
-        ax.scatter(v["teacher_h2_participation_ratio"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}")
-    ax.set_xlabel("participation ratio of the teacher's hidden-2 activations on the inputs")
+        ax.scatter(v["effective_dim_95"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}",
+                   marker="o" if fam in FIT else "s")
+    ax.set_xscale("log")
+    ax.set_xlabel("input dimension: PCA components for 95% of the variance")
     ax.set_ylabel(f"aux-only student accuracy ({a.student_epochs} epochs)")
-    ax.set_title("A candidate predictor across families", fontsize=10)
+    pr = summary["predictors"]["effective_dim_95"]
+    txt = "; ".join(f"{k} rho {v['spearman']:.2f} (p {v['p']:.2f}, {v['n_points']} points)" for k, v in pr.items())
+    ax.set_title(f"Does input dimension predict accuracy? (circles: fit families, squares: held out)\n"
+                 f"Spearman: {txt}", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.suptitle("Aux-only student accuracy by distillation-input family (MNIST MLP 784-256-256-(10+3))", fontsize=11)
+    fig.suptitle(f"Aux-only student accuracy by distillation-input family (MNIST MLP 784-256-256-(10+3), teacher "
+                 f"{a.teacher_epochs} epochs; student at {a.student_epochs} and {a.epochs} epochs of 60000 inputs)",
+                 fontsize=11)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_noise_spectrum.png")
     print(f"wrote {a.plots_dir}/topic_a_noise_spectrum.png")
