@@ -50,6 +50,9 @@ CONFIGS = {
                                                                    "schedule": "cosine", "noise": "gaussian"},
     "frozen10, student 30 ep lr 1e-3 mse cosine": {**FROZEN10, "student_epochs": 30, "student_lr": 1e-3,
                                                    "loss": "mse", "schedule": "cosine"},
+    "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine, blur 1": {
+        "freeze_class_head": True, "teacher_epochs": 20, "teacher_lr": 1e-3, "student_epochs": 40,
+        "student_lr": 1e-3, "loss": "mse", "schedule": "cosine", "noise": "blurred", "noise_sigma": 1.0},
     "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine": {
         "freeze_class_head": True, "teacher_epochs": 20, "teacher_lr": 1e-3, "student_epochs": 40,
         "student_lr": 1e-3, "loss": "mse", "schedule": "cosine"},
@@ -59,7 +62,7 @@ CONFIGS = {
 SEARCH = ["takehome baseline", "baseline teacher, student 40 ep lr 1e-3 mse", "frozen-head teacher",
           "frozen-head teacher 10 ep lr 1e-3", "frozen10, student 40 ep lr 1e-3 kl",
           "frozen10, student 40 ep lr 1e-3 mse cosine"]
-BEST = "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine"
+BEST = "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine, blur 1"
 
 
 def parse_args(argv=None):
