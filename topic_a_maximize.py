@@ -62,7 +62,7 @@ CONFIGS = {
 SEARCH = ["takehome baseline", "baseline teacher, student 40 ep lr 1e-3 mse", "frozen-head teacher",
           "frozen-head teacher 10 ep lr 1e-3", "frozen10, student 40 ep lr 1e-3 kl",
           "frozen10, student 40 ep lr 1e-3 mse cosine"]
-BEST = "frozen-head teacher 20 ep lr 1e-3, student 40 ep lr 1e-3 mse cosine, blur 1"
+BEST = "frozen10, student 40 ep lr 1e-3 kl"
 
 
 def parse_args(argv=None):
