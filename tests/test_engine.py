@@ -253,3 +253,20 @@ def test_frozen_class_head_teacher_learns_through_its_body_only():
     assert torch.equal(t.weights[-1], ref.weights[-1]) and torch.equal(t.biases[-1], ref.biases[-1])
     assert not torch.equal(t.weights[0], ref.weights[0])
     assert (t.accuracy(data) > ref.accuracy(data)).all()
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_does_not():
+    """The last step of a cosine run uses a learning rate near 0, so a one-step cosine run is the
+    constant run's first step, and longer runs differ; an unknown schedule is a clear error."""
+    data = tiny_data()
+    ref = U.Ensemble.init(SMALL, 2, U.generator(4, "init"))
+    teacher = U.train_classifier(ref, U.RealImages(data, 0), U.TrainConfig(1, 1e-2, 32), progress=False)
+    spec = [U.StudentSpec("aux", ref, SMALL.aux_idx)]
+    src = U.UniformNoise(0, n_per_epoch=32, n_in=20)
+    one = lambda s: U.distill(teacher, spec, src, U.TrainConfig(1, 1e-2, 32), progress=False, schedule=s)["aux"]
+    assert torch.equal(one("cosine").weights[0], one("constant").weights[0])  # step 0: factor cos(0) = 1
+    src4 = U.UniformNoise(0, n_per_epoch=128, n_in=20)
+    run = lambda s: U.distill(teacher, spec, src4, U.TrainConfig(2, 1e-2, 32), progress=False, schedule=s)["aux"]
+    assert not torch.equal(run("cosine").weights[0], run("constant").weights[0])
+    with pytest.raises(U.UserError):
+        run("linear")
