@@ -255,9 +255,9 @@ def test_frozen_class_head_teacher_learns_through_its_body_only():
     assert (t.accuracy(data) > ref.accuracy(data)).all()
 
 
-def test_cosine_schedule_decays_to_zero_and_constant_does_not():
-    """The last step of a cosine run uses a learning rate near 0, so a one-step cosine run is the
-    constant run's first step, and longer runs differ; an unknown schedule is a clear error."""
+def test_cosine_schedule_starts_at_full_rate_then_differs():
+    """Cosine starts at the full learning rate (a one-step run equals the constant one) and then
+    decays (a longer run differs); an unknown schedule is a clear error."""
     data = tiny_data()
     ref = U.Ensemble.init(SMALL, 2, U.generator(4, "init"))
     teacher = U.train_classifier(ref, U.RealImages(data, 0), U.TrainConfig(1, 1e-2, 32), progress=False)
