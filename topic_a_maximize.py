@@ -17,8 +17,8 @@ plots/topic_a_maximize.png (another --config: topic_a_maximize_<config>.*): the 
 distillation and at the end, next to its bound and its teacher. The common training
 flags (--teacher-epochs, --student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
 
-    python topic_a_maximize.py --search --search-runs 5     # the logged search
-    python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs
+    python topic_a_maximize.py --search --search-runs 5     # the logged search (~30 min on the 2-core CPU)
+    python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs (~17 min)
 """
 from __future__ import annotations
 
