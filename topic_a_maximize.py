@@ -187,8 +187,8 @@ def plot_search(table, a):
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(f"Search for the highest aux-only accuracy (the configurations of SEARCH)\n"
-                 f"frozen10 = teacher trained 10 epochs at lr 1e-3 with its digit rows frozen at the init; unless "
-                 f"stated: teacher 5 epochs, student KL 5 epochs lr 3e-4, uniform noise\n"
+                 f"frozen10 = teacher trained 10 epochs at lr 1e-3 with its digit rows frozen at the init\n"
+                 f"unless stated: teacher 5 epochs, student KL 5 epochs lr 3e-4, uniform noise\n"
                  f"points: mean; bars: 95% t-CI; n = {a.search_runs} runs per configuration", fontsize=9)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_maximize_search.png")
