@@ -78,7 +78,8 @@ def main(argv=None):
     out_dir = Path(a.out) if a.out else B.model_cache_dir() / B.CHAT_MODEL
     lm = B.load_model(a.model, a.device)
     train = B.chat_examples(a.seed, a.n_examples)
-    held = [e for e in B.chat_examples(a.seed + 1, 4 * a.runs) if e not in set(train)][:a.runs]
+    seen = set(train)
+    held = [e for e in B.chat_examples(a.seed + 1, 4 * a.runs) if e not in seen][:a.runs]
     if len(held) < 2:
         raise U.UserError("too few held-out exchanges differ from the training set; raise --runs")
     print(f"{len(train)} training exchanges ({len(set(train))} distinct), {len(held)} held-out")
