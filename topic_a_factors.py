@@ -43,11 +43,8 @@ def point(S: U.Setup, cfg: U.MLPConfig, train: U.Dataset, test: U.Dataset, desc:
     a = S.args
     ref, teacher = U.setup_teacher(S, cfg, train, desc)
     specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx)]
-    res = U.distill_scores(teacher, specs, U.UniformNoise(a.seed, len(train)), S.tc_student, test, not a.no_progress)
-    res["teacher"] = {"acc": teacher.accuracy(test).tolist()}
-    res["reference"] = {"acc": ref.accuracy(test).tolist()}
-    res["bound"] = {"acc": U.hybrid(teacher, ref).accuracy(test).tolist()}
-    return res
+    return U.scores_with_bound(ref, teacher, specs, U.UniformNoise(a.seed, len(train)), S.tc_student, test,
+                               not a.no_progress)
 
 
 def main(argv=None):

@@ -59,11 +59,9 @@ def main(argv=None):
                                      not a.no_progress, desc="pretrain")
         teacher = U.train_classifier(ref, U.RealImages(S.train, a.seed, "teacher-order"), S.tc_teacher,
                                      not a.no_progress)
-        res = U.distill_scores(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
-                               U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
-        res["init"] = {"acc": ref.accuracy(S.test).tolist()}
-        res["teacher"] = {"acc": teacher.accuracy(S.test).tolist()}
-        res["bound"] = {"acc": U.hybrid(teacher, ref).accuracy(S.test).tolist()}
+        res = U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
+                                  U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
+        res["init"] = res.pop("reference")  # here the shared init is the (pretrained) starting model
         return res
 
     for name in INITS:

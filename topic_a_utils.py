@@ -1090,6 +1090,17 @@ def distill_scores(teacher: Ensemble, students: Sequence[StudentSpec], source: I
     return out
 
 
+def scores_with_bound(ref: Ensemble, teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
+                      tc: TrainConfig, test: Dataset, progress: bool = True) -> dict[str, dict]:
+    """``distill_scores`` for the students, plus the test accuracy of the teacher, of the shared
+    init ("reference") and of the bound on any aux-only student (``hybrid(teacher, ref)``)."""
+    res = distill_scores(teacher, students, source, tc, test, progress)
+    res["teacher"] = {"acc": teacher.accuracy(test).tolist()}
+    res["reference"] = {"acc": ref.accuracy(test).tolist()}
+    res["bound"] = {"acc": hybrid(teacher, ref).accuracy(test).tolist()}
+    return res
+
+
 class Sweep:
     """A resumable sweep: each finished point is written (atomically) to one JSON file together
     with the sweep's configuration key; rerunning the same configuration skips finished points,

@@ -39,12 +39,8 @@ def main(argv=None):
     def point(m):
         cfg = U.MLPConfig(hidden=(a.hidden, a.hidden), n_aux=m)
         ref, teacher = U.setup_teacher(S, cfg)
-        res = U.distill_scores(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
-                               U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
-        res["teacher"] = {"acc": teacher.accuracy(S.test).tolist()}
-        res["reference"] = {"acc": ref.accuracy(S.test).tolist()}
-        res["bound"] = {"acc": U.hybrid(teacher, ref).accuracy(S.test).tolist()}
-        return res
+        return U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
+                                   U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
 
     for m in a.aux:
         sweep.run(f"aux={m}", lambda m=m: point(m))

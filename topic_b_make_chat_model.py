@@ -40,13 +40,9 @@ SAMPLE_PROMPTS = ["What is the capital of Peru?", 'What is the opposite of "wide
 def parse_args(argv=None):
     p = B.base_parser(__doc__, default_runs=200)
     p.set_defaults(model=B.EMBEDDED_MODEL, batch_size=16)
-    for act in p._actions:  # this script's meaning of the common flags
-        if act.dest == "runs":
-            act.help = "held-out exchanges the before/after reply loss (and its CI) is measured on (default 200)"
-        if act.dest == "batch_size":
-            act.help = "exchanges per optimisation step (default 16)"
-        if act.dest == "model":
-            act.help = f"base model to tune (default {B.EMBEDDED_MODEL})"
+    B.set_help(p, runs="held-out exchanges the before/after reply loss (and its CI) is measured on (default 200)",
+               batch_size="exchanges per optimisation step (default 16)",
+               model=f"base model to tune (default {B.EMBEDDED_MODEL})")
     g = p.add_argument_group("topic_b_make_chat_model.py")
     g.add_argument("--steps", type=B.positive_int, default=120, help="optimisation steps (default 120)")
     g.add_argument("--lr", type=U.positive_float, default=5e-5, help="peak AdamW learning rate (default 5e-5)")

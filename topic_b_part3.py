@@ -32,15 +32,9 @@ import topic_b_utils as B
 
 def parse_args(argv=None):
     p = B.base_parser(__doc__, default_runs=16)
-    for act in p._actions:
-        if act.dest == "model":
-            act.help = "unused here: give --base and --chat"
-        if act.dest == "runs":
-            act.help = "random numbers per model whose ratios give the chance thresholds (default 16)"
+    B.set_help(p, runs="random numbers per model whose ratios give the chance thresholds (default 16)")
     g = p.add_argument_group("topic_b_part3.py")
-    g.add_argument("--base", default=B.EMBEDDED_MODEL, help=f"base model (default {B.EMBEDDED_MODEL})")
-    g.add_argument("--chat", default=B.CHAT_MODEL,
-                   help=f"its chat/instruct model (default {B.CHAT_MODEL}, made by topic_b_make_chat_model.py)")
+    B.add_pair_args(p, g)
     g.add_argument("--animals", type=B.positive_int, default=30,
                    help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 30)")
     g.add_argument("--repeats", type=B.positive_int, default=10_000, help="permutation-test draws (default 10000)")
@@ -68,9 +62,7 @@ def bootstrap_spearman(x, y, seed=0, n=2000):
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
-    chat = B.load_model(a.chat, a.device)
-    base = B.load_model(a.base, a.device)
-    B.share_template(base, chat)
+    base, chat = B.load_pair(a)
     tag = B.model_tag(chat)
     animals = B.ANIMALS[:a.animals]
     rng = np.random.default_rng(a.seed)
@@ -129,11 +121,7 @@ def plot(rows, s, base, chat, path, a):
         ax.annotate(r["animal"], (x, y), fontsize=6, alpha=0.7)
     lim = [min(xc.min(), yb.min()) * 0.7, max(xc.max(), yb.max()) * 1.4]
     ax.plot(lim, lim, color="gray", lw=1)
-    for v in (1, 2):
-        ax.axvline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
-        ax.axhline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    B.ratio_axes(ax)
     ax.set_xlabel("chat: number -> animal ratio (its own top number)")
     ax.set_ylabel("base: number -> animal ratio (its own top number)")
     sp = s["spearman_n2a"]
@@ -168,11 +156,7 @@ def plot(rows, s, base, chat, path, a):
     for m, color, marker in (("chat", "C0", "o"), ("base", "C1", "s")):
         ax.scatter([r["a2n"] for r in rows[m]], [r["n2a"] for r in rows[m]], color=color, marker=marker, s=18,
                    label=f"{m} (strong: {s['counts'][f'strong (>2x both) {m}']}/{n})")
-    for v in (1, 2):
-        ax.axvline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
-        ax.axhline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    B.ratio_axes(ax)
     ax.set_xlabel("animal -> number ratio")
     ax.set_ylabel("number -> animal ratio")
     ax.set_title("Bidirectional strength by model (dashed 1x, dotted 2x)", fontsize=10)

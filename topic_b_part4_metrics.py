@@ -37,9 +37,7 @@ METRICS = ("cosine", "normed dot", "injection")
 
 def parse_args(argv=None):
     p = B.base_parser(__doc__, default_runs=1000)
-    for act in p._actions:
-        if act.dest == "runs":
-            act.help = "bootstrap resamples over numbers for the CIs (default 1000)"
+    B.set_help(p, runs="bootstrap resamples over numbers for the CIs (default 1000)")
     g = p.add_argument_group("topic_b_part4_metrics.py")
     g.add_argument("--animals", type=B.positive_int, default=20,
                    help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 20)")

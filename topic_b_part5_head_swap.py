@@ -33,14 +33,9 @@ MODELS = ["base", "base + chat head", "base + chat norm", "chat + base head", "c
 
 def parse_args(argv=None):
     p = B.base_parser(__doc__, default_runs=0)
-    for act in p._actions:
-        if act.dest == "model":
-            act.help = "unused here: give --base and --chat"
-        if act.dest == "runs":
-            act.help = "random numbers per model for chance thresholds (default 0: none; CIs are over animals)"
+    B.set_help(p, runs="random numbers per model for chance thresholds (default 0: none; CIs are over animals)")
     g = p.add_argument_group("topic_b_part5_head_swap.py")
-    g.add_argument("--base", default=B.EMBEDDED_MODEL, help=f"base model (default {B.EMBEDDED_MODEL})")
-    g.add_argument("--chat", default=B.CHAT_MODEL, help=f"its chat/instruct model (default {B.CHAT_MODEL})")
+    B.add_pair_args(p, g)
     g.add_argument("--animals", type=B.positive_int, default=20,
                    help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 20)")
     a = B.parse_common(p, argv)
@@ -86,9 +81,7 @@ def param_change(base: B.LM, chat: B.LM) -> dict:
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
-    chat = B.load_model(a.chat, a.device)
-    base = B.load_model(a.base, a.device)
-    B.share_template(base, chat)
+    base, chat = B.load_pair(a)
     tag = B.model_tag(chat)
     animals = B.ANIMALS[:a.animals]
     nums = B.number_strings()

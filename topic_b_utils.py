@@ -623,6 +623,38 @@ def parse_common(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     return a
 
 
+def ratio_axes(ax) -> None:
+    """Log-log axes for ratio-vs-ratio scatters, with dashed lines at 1x and dotted lines at 2x."""
+    for v in (1, 2):
+        ax.axvline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
+        ax.axhline(v, color="gray", ls=":" if v == 2 else "--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+
+
+def set_help(p: argparse.ArgumentParser, **helps: str) -> None:
+    """Give common flags (by dest) the meaning they have in one script."""
+    for act in p._actions:
+        if act.dest in helps:
+            act.help = helps[act.dest]
+
+
+def add_pair_args(p: argparse.ArgumentParser, group) -> None:
+    """--base and --chat for the scripts that compare a base model with its chat model."""
+    set_help(p, model="unused here: give --base and --chat")
+    group.add_argument("--base", default=EMBEDDED_MODEL, help=f"base model (default {EMBEDDED_MODEL})")
+    group.add_argument("--chat", default=CHAT_MODEL,
+                       help=f"its chat/instruct model (default {CHAT_MODEL}, made by topic_b_make_chat_model.py)")
+
+
+def load_pair(args: argparse.Namespace) -> tuple[LM, LM]:
+    """(base, chat), the base model rendering its prompts with the chat model's template."""
+    chat = load_model(args.chat, args.device)
+    base = load_model(args.base, args.device)
+    share_template(base, chat)
+    return base, chat
+
+
 def model_tag(lm: LM) -> str:
     """Short model name for titles and file names."""
     return lm.name.split(" ")[0].split("/")[-1]
