@@ -3,19 +3,21 @@
 1. During number generation (the Cloud et al. prompt, assistant turn continued with "495;701;688;"),
    the probability that the model writes "owl" (variants: with/without space, singular/plural,
    capitalised) with and without the system prompt "You love owls ...".
-2. The numbers whose probability rises most under that prompt: every number 0..999 (and 000..099)
-   scored exactly as a continuation that ends there (its tokens, then a non-digit), ratio owl
-   prompt / no system prompt. Ranked by ratio among the 200 numbers most likely under the owl
-   prompt (a huge ratio of a never-written number says nothing).
+2. The numbers whose probability rises most under that prompt: every three-digit number 000..999
+   (the paper's format, one length; --candidates mixed adds 0..99 written short) scored exactly as
+   a continuation that ends there (its tokens, then a non-digit), ratio owl prompt / no system
+   prompt. Ranked by ratio among the 200 numbers most likely under the owl prompt (a huge ratio of
+   a never-written number says nothing).
 3. Subliminal prompting: "You love {number} ..." for each of the top numbers and for --runs
-   random numbers; the ratio P(" owl" | number prompt) / P(" owl" | no system prompt) at
+   random numbers of the same candidate set; the ratio P(" owl" | number prompt) / P(" owl" | no system prompt) at
    "My favorite animal is the", compared between the two groups (mean log10 ratio, 95% t-CI,
    Welch t-test).
 
-Regenerate plots/topic_b_part1_<model>.png and results/topic_b_part1_<model>.json (8 min on
-the 2-core CPU while another job shared it, plus a one-time 70 s dequantisation of the GGUF):
+Regenerate plots/topic_b_part1_<model>.png and results/topic_b_part1_<model>.json (a few minutes
+on the 2-core CPU per model, plus a one-time GGUF dequantisation, 70 s for Gemma, 25 s for SmolLM2):
 
     python topic_b_part1.py --model gemma-3-270m
+    python topic_b_part1.py --model smollm2-135m-instruct
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_b_part1.py")
     g.add_argument("--animal", default="owl", help="the animal (singular; default owl)")
     g.add_argument("--top-k", type=B.positive_int, default=10, help="entangled numbers to test (default 10)")
+    g.add_argument("--candidates", choices=list(B.CANDIDATE_SETS), default="3digit", help=B.CANDIDATE_HELP)
     g.add_argument("--pool", type=B.positive_int, default=200,
                    help="rank by ratio among this many most likely numbers under the animal prompt (default 200)")
     return B.parse_common(p, argv)
@@ -54,7 +57,7 @@ def main(argv=None):
                       "ratio": float(np.exp(w - wo))} for v, w, wo in zip(variants, lp_with, lp_without)]
 
     # 2. numbers whose probability rises under the animal prompt
-    nums = B.number_strings()
+    nums = B.candidate_numbers(a.candidates)
     n_with = B.number_logprobs(lm, P.number_task(sys_animal), nums, batch_size=a.batch_size)
     n_without = B.number_logprobs(lm, P.number_task(None), nums, batch_size=a.batch_size)
     pool = np.argsort(-n_with)[:a.pool]
@@ -79,6 +82,9 @@ def main(argv=None):
     welch = stats.ttest_ind(np.array(top_boost) * l10, np.array(rand_boost) * l10, equal_var=False)
     res = {
         "provenance": B.provenance(a, t0, lm), "animal": animal,
+        "candidates": {"set": a.candidates, "size": len(nums), "first": nums[0], "last": nums[-1]},
+        "random_numbers": {"population": f"{a.candidates} candidate set minus the top numbers", "n": len(rand_nums),
+                           "seed": a.seed},
         "animal_during_number_generation": variant_table,
         "top_numbers": [{"number": nums[i], "p_with": float(np.exp(n_with[i])), "p_without": float(np.exp(n_without[i])),
                          "ratio": float(np.exp(log_ratio[i]))} for i in top],
@@ -91,9 +97,10 @@ def main(argv=None):
             "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue)},
     }
     tag = B.model_tag(lm)
-    B.save_json(f"{a.results_dir}/topic_b_part1_{tag}.json", res)
+    suffix = "" if a.candidates == "3digit" else f"_{a.candidates}"
+    B.save_json(f"{a.results_dir}/topic_b_part1_{tag}{suffix}.json", res)
     report(res, lm)
-    plot(res, lm, f"{a.plots_dir}/topic_b_part1_{tag}.png")
+    plot(res, lm, f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
 
 
 def report(res, lm):

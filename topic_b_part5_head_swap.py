@@ -4,12 +4,18 @@ Models: base, chat, and four hybrids made with topic_b_utils.swap_in: base with 
 output head, chat with the base head, and the same for the final norm alone. Tied embeddings are
 untied first, so a swapped head never changes the input embedding (tested in
 tests/test_topic_b_utils.py). All six get token-identical prompts (the chat model's template).
-Per model: the entanglement table of the takehome (mean / median animal -> number and
-number -> animal ratios of each animal's top number, fractions > 1, fraction > 2x both ways).
+Like for like: each animal's number is picked once on the base model and once on the chat model
+(paper rule: argmax of P(number | animal prompt) over the three-digit numbers 000..999), and both
+numbers are measured in all six models, so every difference between models compares identical
+prompts. Per model and number source: the entanglement table of the takehome (mean / median
+animal -> number and number -> animal ratios, fractions > 1, fraction > 2x both ways). The
+head/body split: the share of the chat - base number -> animal gap (mean log10 over animals) that
+moves when the chat model gets the base head back, with a bootstrap CI over animals.
 Residual-stream analysis (base and chat): at the answer position, how far the final residual
 stream moves under "You love <animals>" relative to no system prompt (||delta|| / ||h||, before the
 final norm), and the move after the norm projected on the animal's unembedding direction and on
-its top number's (unit vectors): the logit change the move alone gives each token.
+its number's mean digit row (unit vectors; an order-blind direction on digit-level tokenizers):
+the logit change the move alone gives each token.
 
 Regenerate plots/topic_b_part5_<chat>.png and results/topic_b_part5_<chat>.json on the controlled
 Gemma pair (about 10 min on the 2-core CPU at 10 animals; needs `python topic_b_make_chat_model.py`
@@ -78,74 +84,106 @@ def param_change(base: B.LM, chat: B.LM) -> dict:
             **{k: (v[0] / v[1]) ** 0.5 if v[1] else 0.0 for k, v in acc.items()}}
 
 
+SOURCES = ("base", "chat")  # whose pick (paper rule) is the animal's number, in all six models
+
+
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
     base, chat = B.load_pair(a)
     tag = B.model_tag(chat)
     animals = B.ANIMALS[:a.animals]
-    nums = B.number_strings()
-    rng = np.random.default_rng(a.seed)
-    pool = [nums[i] for i in rng.choice(len(nums), size=a.runs, replace=False)] if a.runs else []
+    pool = B.draw_pool(B.three_digit_numbers(), a.runs, a.seed) if a.runs else []
     sweep = U.Sweep(f"{a.results_dir}/topic_b_part5_{tag}.json",
-                    {"base": base.name, "chat": chat.name, "animals": animals, "pool": pool, "seed": a.seed}, a, t0)
+                    {"base": base.name, "chat": chat.name, "animals": animals, "pool": pool, "seed": a.seed,
+                     "candidates": "3digit"}, a, t0)
+    # each animal's number by the paper's rule, picked on the base model and on the chat model
+    E = {m: B.Entanglement(lm, animals, sweep, f"{m}/", pool, a.batch_size, a.show_prompt, a.seed)
+         for m, lm in (("base", base), ("chat", chat))}
+    picks = [{src: E[src].picks(i)["paper"] for src in SOURCES} for i in range(len(animals))]
+    tested = sorted({n for p in picks for n in p.values()} | set(pool))
     rows, summary, residual = {}, {}, {}
     for name in MODELS:
         if name in ("base", "chat"):
-            lm = base if name == "base" else chat
+            lm, e = (base, E["base"]) if name == "base" else (chat, E["chat"])
         else:
             target, donor = (base, chat) if name.startswith("base") else (chat, base)
             lm = B.swap_in(target, donor, "head" if name.endswith("head") else "norm")
-        e = B.Entanglement(lm, animals, sweep, f"{name}/", pool, 1, a.batch_size, a.show_prompt, a.seed)
-        rows[name] = e.rows()
-        summary[name] = B.entanglement_summary(rows[name])
+            # a hybrid is only scored on the numbers under test (no pick is made on it)
+            e = B.Entanglement(lm, animals, sweep, f"{name}/", pool, a.batch_size, a.show_prompt, a.seed,
+                               numbers=tested)
+        rows[name] = []
+        for i, animal in enumerate(animals):
+            th = e.thresholds(i) if pool else {}
+            rows[name].append({"animal": animal, "numbers": picks[i], **th,
+                               **{f"{src} pick": e.measure(i, picks[i][src], th) for src in SOURCES}})
+        summary[name] = {f"{src} pick": B.entanglement_summary(rows[name], f"{src} pick") for src in SOURCES}
         if name in ("base", "chat"):
             P = B.Prompts(lm)
-            residual[name] = [sweep.run(f"{name}/residual {x}", lambda x=x, r=r: residual_point(lm, P, x, r["best"]))
-                              for x, r in zip(animals, rows[name])]
+            residual[name] = [sweep.run(f"{name}/residual {x}",
+                                        lambda x=x, i=i: residual_point(lm, P, x, picks[i][name]))
+                              for i, x in enumerate(animals)]
         if lm is not base and lm is not chat:
             del lm
     res_summary = {m: {k: U.mean_ci([r[k] for r in residual[m]]) for k in residual[m][0]} for m in residual}
     change = param_change(base, chat)
     print("relative parameter change, chat vs base:", {k: f"{v:.2e}" for k, v in change.items()})
-    diffs = {m: U.mean_ci(np.log10([r["n2a"] for r in rows[m]]) - np.log10([r["n2a"] for r in rows["base"]]))
-             for m in MODELS if m != "base"}
+    l10 = {m: {src: np.log10([r[f"{src} pick"]["n2a"] for r in rows[m]]) for src in SOURCES} for m in MODELS}
+    diffs = {src: {m: U.mean_ci(l10[m][src] - l10["base"][src]) for m in MODELS if m != "base"} for src in SOURCES}
+    split = {}
+    for src in SOURCES:
+        gap = l10["chat"][src] - l10["base"][src]
+        split[src] = {  # share of the chat - base gap (same number, per animal) that moves with the head
+            "head_share_removing_chat_head": B.bootstrap_mean_ratio(
+                l10["chat"][src] - l10["chat + base head"][src], gap, seed=a.seed),
+            "head_share_adding_chat_head": B.bootstrap_mean_ratio(
+                l10["base + chat head"][src] - l10["base"][src], gap, seed=a.seed),
+            "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(
+                l10["chat"][src] - l10["chat + base norm"][src], gap, seed=a.seed),
+            "gap": U.mean_ci(gap)}
     sweep.save(rows=rows, summary=summary, residual=residual, residual_summary=res_summary,
-               log10_n2a_minus_base=diffs, param_change=change, models={"base": base.describe(), "chat": chat.describe()})
-    print(f"{'model':<20} {'mean a->n':>10} {'median':>8} {'mean n->a':>10} {'median':>8} {'a->n>1':>7} "
-          f"{'n->a>1':>7} {'>2x both':>8}")
-    for m in MODELS:
-        s = summary[m]
-        print(f"{m:<20} {s['mean_a2n']:>10.2f} {s['median_a2n']:>8.2f} {s['mean_n2a']:>10.2f} {s['median_n2a']:>8.2f} "
-              f"{s['frac_a2n_gt1']:>7.2f} {s['frac_n2a_gt1']:>7.2f} {s['frac_strong_2x']:>8.2f}")
-    plot(summary, res_summary, base, chat, len(animals), f"{a.plots_dir}/topic_b_part5_{tag}.png")
+               log10_n2a_minus_base=diffs, head_body_split=split, param_change=change,
+               models={"base": base.describe(), "chat": chat.describe()})
+    for src in SOURCES:
+        print(f"numbers picked on {src}:")
+        print(f"  {'model':<20} {'mean a->n':>10} {'median':>8} {'mean n->a':>10} {'median':>8} {'a->n>1':>7} "
+              f"{'n->a>1':>7} {'>2x both':>8}")
+        for m in MODELS:
+            s = summary[m][f"{src} pick"]
+            print(f"  {m:<20} {s['mean_a2n']:>10.2f} {s['median_a2n']:>8.2f} {s['mean_n2a']:>10.2f} "
+                  f"{s['median_n2a']:>8.2f} {s['frac_a2n_gt1']:>7.2f} {s['frac_n2a_gt1']:>7.2f} "
+                  f"{s['frac_strong_2x']:>8.2f}")
+        h = split[src]["head_share_removing_chat_head"]
+        print(f"  head share of the chat - base n->a gap: {h['ratio']:.2f} [{h['ci_low']:.2f}, {h['ci_high']:.2f}]")
+    plot(summary, diffs, split, res_summary, base, chat, len(animals), f"{a.plots_dir}/topic_b_part5_{tag}.png")
 
 
-def plot(summary, res, base, chat, n, path):
+def plot(summary, diffs, split, res, base, chat, n, path):
     plt = B._plt()
-    fig, axes = plt.subplots(1, 3, figsize=(19, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(20, 6.5))
     x = np.arange(len(MODELS))
+    w = 0.38
     for ax, key, label in ((axes[0], "log10_a2n", "animal -> number"), (axes[1], "log10_n2a", "number -> animal")):
-        m = np.array([summary[k][key]["mean"] for k in MODELS])
-        err = np.array([summary[k][key]["half_width"] for k in MODELS])
-        ax.bar(x, m, yerr=err, capsize=5, color=["C1", "C4", "C5", "C6", "C8", "C0"], alpha=0.8, edgecolor="k")
-        top = float(np.max(m + err)) + 0.03
-        for i, k in enumerate(MODELS):  # one row of labels above every bar
-            ax.text(i, top, f"median {summary[k]['median_' + key[6:]]:.2f}x\n"
-                    f">2x both: {summary[k]['frac_strong_2x']:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_ylim(top=top + 0.25)
+        for j, (src, hatch) in enumerate((("base", ""), ("chat", "//"))):
+            m = np.array([summary[k][f"{src} pick"][key]["mean"] for k in MODELS])
+            err = np.array([summary[k][f"{src} pick"][key]["half_width"] for k in MODELS])
+            ax.bar(x + (j - 0.5) * w, m, w, yerr=err, capsize=4, color=["C1", "C4", "C5", "C6", "C8", "C0"],
+                   alpha=0.8, edgecolor="k", hatch=hatch)
         ax.axhline(0, color="gray", lw=0.8)
-        ax.axhline(np.log10(2), color="gray", ls=":", lw=0.8, label="2x")
+        ax.axhline(np.log10(2), color="gray", ls=":", lw=0.8)
         ax.set_xticks(x)
         ax.set_xticklabels([k.replace(" + ", "\n+ ") for k in MODELS], fontsize=8)
         ax.set_ylabel(f"mean log10 ratio, {label}")
-        ax.set_title(f"{label}: mean over n = {n} animals of log10 ratio\n(each animal's top number); "
-                     f"error bars: 95% t-CI over animals", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{label}: mean over n = {n} animals of log10 ratio, 95% t-CI\nsame number in all six models "
+                     f"(plain: picked on base, hatched: picked on chat); dotted: 2x", fontsize=9)
+        from matplotlib.patches import Patch
+        ax.legend(handles=[Patch(facecolor="white", edgecolor="k", label="number picked on base"),
+                           Patch(facecolor="white", edgecolor="k", hatch="//", label="number picked on chat")],
+                  fontsize=8, title="bar colour = model (x axis)", title_fontsize=8)
     ax = axes[2]
     keys = [("rel_move_pre", "||delta h|| / ||h||\nbefore norm"), ("rel_move_post", "||delta h|| / ||h||\nafter norm"),
-            ("cos_move_animal", "cos(move, animal\nunembedding)"), ("cos_move_number", "cos(move, top number\nunembedding)")]
-    w = 0.38
+            ("cos_move_animal", "cos(move, animal\nunembedding)"),
+            ("cos_move_number", "cos(move, number's\nmean digit row)")]
     for j, (m, color) in enumerate((("base", "C1"), ("chat", "C0"))):
         means = [res[m][k]["mean"] for k, _ in keys]
         errs = [res[m][k]["half_width"] for k, _ in keys]
@@ -154,8 +192,10 @@ def plot(summary, res, base, chat, n, path):
     ax.set_xticklabels([l for _, l in keys], fontsize=8)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_ylabel("value (ratio or cosine)")
+    h = split["base"]["head_share_removing_chat_head"]
     ax.set_title(f"Final residual stream under the animal prompt vs no prompt\n(answer position; mean over n = {n} "
-                 f"animals, 95% t-CI)", fontsize=10)
+                 f"animals, 95% t-CI)\nhead share of the chat - base n->a gap (base picks): {h['ratio']:.2f} "
+                 f"[{h['ci_low']:.2f}, {h['ci_high']:.2f}] (bootstrap over animals)", fontsize=9)
     ax.legend(fontsize=8)
     fig.suptitle(f"Head and norm swaps: {base.name}  <->  {chat.name} (identical prompts, chat template)", fontsize=11)
     fig.tight_layout()

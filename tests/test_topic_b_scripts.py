@@ -93,6 +93,20 @@ def test_part5_end_to_end(pair, tmp_path):
     d = json.loads(js.read_text())
     assert set(d["summary"]) == set(p5.MODELS)
     assert d["rows"]["base + chat head"] != d["rows"]["base"]  # the head swap changes the outputs
+    # like for like: every model is measured on the same two numbers per animal
+    for i, r in enumerate(d["rows"]["base"]):
+        for m in p5.MODELS:
+            row = d["rows"][m][i]
+            assert row["numbers"] == r["numbers"]
+            assert row["base pick"]["number"] == r["numbers"]["base"] and row["chat pick"]["number"] == r["numbers"]["chat"]
+    # the head share is the ratio of mean log10 gaps, and its bootstrap CI brackets it
+    for src in ("base", "chat"):
+        h = d["head_body_split"][src]["head_share_removing_chat_head"]
+        assert h["ci_low"] <= h["ratio"] <= h["ci_high"] and h["n"] == 3
+        chat = np.log10([r[f"{src} pick"]["n2a"] for r in d["rows"]["chat"]])
+        base = np.log10([r[f"{src} pick"]["n2a"] for r in d["rows"]["base"]])
+        hyb = np.log10([r[f"{src} pick"]["n2a"] for r in d["rows"]["chat + base head"]])
+        assert h["ratio"] == pytest.approx((chat - hyb).mean() / (chat - base).mean(), rel=1e-9)
     for m in ("base", "chat"):
         assert all(r["rel_move_pre"] > 0 for r in d["residual"][m])
     assert set(d["param_change"]) == {"head", "final_norm", "body_matrices", "body_norms"}
@@ -109,7 +123,70 @@ def test_part4_end_to_end(pair, tmp_path):
     assert set(d["table"]) == set(p4.METRICS)
     lm = B.load_model(pair[1], device="cpu")
     numbers = d["config"]["numbers"]
-    want = B.unembed_cosine(lm, [" " + n for n in numbers], [B.answer_form(x) for x in d["config"]["animals"]])
-    assert np.allclose(d["metric_values"]["cosine"], want, atol=1e-5)
+    answers = [B.answer_form(x) for x in d["config"]["animals"]]
+    assert all(len(n) == 3 and n.isdigit() for n in numbers)
+    want = B.unembed_cosine(lm, [" " + n for n in numbers], answers)
+    assert np.allclose(d["metric_values"]["row cosine"], want, atol=1e-5)
+    # the fixture writes "087" as one token (Llama 3 style): eq. 1 is defined and is the row cosine
+    U = B.unembedding(lm).detach()
+    t = B.continuation_ids(lm, numbers[0])
+    c = B.continuation_ids(lm, answers[0])
+    assert len(t) == 1 and len(c) == 1 and d["eq1"]["defined"]
+    direct = float(torch.nn.functional.cosine_similarity(U[t[0]], U[c[0]], dim=0))
+    assert d["metric_values"]["eq1"][0][0] == pytest.approx(direct, abs=1e-5)
     for m in p4.METRICS:
         assert d["table"][m]["n_numbers"] == 12 and len(d["per_animal"][m]) == 3
+
+
+def test_part4_says_eq1_is_undefined_on_a_digit_level_tokenizer(tmp_path):
+    import topic_b_part4_metrics as p4
+    d0 = build(tmp_path / "split", False, True)
+    p4.main(["--model", str(d0), "--animals", "3", "--numbers", "12", "--runs", "20", "--results-dir", str(tmp_path),
+             "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part4_metrics_*.json")
+    d = json.loads(js.read_text())
+    assert not d["eq1"]["defined"] and "undefined" in d["eq1"]["why_undefined"]
+    assert "eq1" not in d["table"] and set(d["table"]) == set(p4.METRICS) - {"eq1"}
+    assert all(v is None for row in d["metric_values"]["eq1"] for v in row)
+
+
+def test_part2_end_to_end_names_three_digit_numbers_and_the_threshold_population(tmp_path):
+    import topic_b_part2 as p2
+    model = build(tmp_path / "split", False, True)  # digit-level tokenizer, like Gemma and SmolLM2
+    p2.main(["--model", str(model), "--animals", "4", "--runs", "5", "--repeats", "100",
+             "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part2_*.json")
+    d = json.loads(js.read_text())
+    assert (tmp_path / js.name.replace(".json", ".png")).is_file()
+    assert d["candidate_set"]["primary"] == "3digit" and d["candidate_set"]["size"] == 1000
+    assert d["threshold"]["n_random_numbers"] == 5 and "3digit" in d["threshold"]["population"]
+    assert all(len(n) == 3 for n in d["config"]["pool"])
+    for r in d["rows"]:
+        assert len(r["paper"]["number"]) == 3 and len(r["boost"]["number"]) == 3
+        assert r["paper"]["strong_vs_chance"] == (r["paper"]["a2n"] > r["a2n_threshold"]
+                                                  and r["paper"]["n2a"] > r["n2a_threshold"])
+    # the mixed-length comparison: on a digit-level tokenizer its pick is shorter
+    assert sum(d["summary"]["mixed_paper"]["n_digits"].values()) == 4
+    lm = B.load_model(str(model), device="cpu")
+    P = B.Prompts(lm)
+    r = d["rows"][0]
+    nums = B.three_digit_numbers()
+    lp = B.number_logprobs(lm, P.animal_question(B.animal_system(r["animal"])), nums, " ")
+    lp0 = B.number_logprobs(lm, P.animal_question(None), nums, " ")
+    assert r["paper"]["number"] == nums[int(np.argmax(lp))] and r["boost"]["number"] == nums[int(np.argmax(lp - lp0))]
+    j = nums.index(r["boost"]["number"])
+    assert r["boost"]["a2n"] == pytest.approx(float(np.exp(lp[j] - lp0[j])), rel=1e-3)
+
+
+def test_part1_end_to_end_uses_three_digit_numbers(tmp_path):
+    import topic_b_part1 as p1
+    model = build(tmp_path / "split", False, True)
+    p1.main(["--model", str(model), "--runs", "4", "--top-k", "3", "--pool", "30",
+             "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path), "--device", "cpu"])
+    (js,) = tmp_path.glob("topic_b_part1_*.json")
+    d = json.loads(js.read_text())
+    assert d["candidates"]["set"] == "3digit" and d["candidates"]["size"] == 1000
+    nums = [r["number"] for r in d["top_numbers"]] + [r["number"] for r in d["subliminal"]["random"]]
+    assert len(nums) == 7 and all(len(n) == 3 for n in nums) and len(set(nums)) == 7
+    assert d["subliminal"]["random_log10_ratio"]["n"] == 4
+    assert (tmp_path / js.name.replace(".json", ".png")).is_file()

