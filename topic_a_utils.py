@@ -119,13 +119,32 @@ DATASETS = {
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array of its declared shape."""
+def read_idx_bytes(path: str | Path) -> bytes:
+    """The decompressed content of an IDX file (``.gz`` or plain)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    return parse_idx(data, str(path))
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # a truncated or damaged .gz
+        raise UserError(f"{path}: cannot be read ({e}); replace it with the official IDX file")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array of its declared shape."""
+    return parse_idx(read_idx_bytes(path), str(path))
+
+
+def verify_idx(data: bytes, dataset: str, stem: str, path: str | Path) -> None:
+    """Stop with one line if the decompressed content is not the official file (SHA-256)."""
+    want = DATASETS[dataset]["sha256"][stem]
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise UserError(
+            f"{path}: SHA-256 of its decompressed content is {got[:16]}..., not that of the official "
+            f"{DATASETS[dataset]['folder']} {stem} ({want[:16]}...): the file is corrupt or not the official "
+            f"one; replace it with the official IDX file (on this project's machines: "
+            f"../shared/data/{DATASETS[dataset]['folder']}/raw/{stem}.gz), or delete it to download it again")
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -187,7 +206,7 @@ def _download(dataset: str, stem: str, dest_root: Path) -> Path | None:
     return None
 
 
-def _load_split(dataset: str, split: str, data_dir: str | None, download: bool):
+def _load_split(dataset: str, split: str, data_dir: str | None, download: bool, verify: bool = True):
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     prefix = "train" if split == "train" else "t10k"
@@ -206,7 +225,10 @@ def _load_split(dataset: str, split: str, data_dir: str | None, download: bool):
                 f"<dir>/{folder}/ and <dir>/). Put the official IDX files in "
                 f"<dir>/{folder}/raw/ and pass --data-dir <dir> or set SUBLIMINAL_DATA_DIR=<dir> "
                 f"(on this project's machines: --data-dir ../shared/data).")
-        arrays.append(read_idx(path))
+        data = read_idx_bytes(path)
+        if verify:  # every file found on disk, every time (well under a second for MNIST)
+            verify_idx(data, dataset, stem, path)
+        arrays.append(parse_idx(data, str(path)))
     images, labels = arrays
     if images.shape[0] != labels.shape[0]:
         raise UserError(f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
@@ -232,13 +254,15 @@ class Dataset:
 
 def load_dataset(dataset: str = "mnist", split: str = "train", data_dir: str | None = None,
                  n_classes: int | None = None, limit: int | None = None,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, verify: bool = True) -> Dataset:
     """Load MNIST or Fashion-MNIST scaled as SPEC.md: pixels/255, then (x-0.5)/0.5 in [-1, 1].
 
     n_classes keeps only labels 0..n_classes-1 (for the number-of-classes sweep); limit keeps the
-    first ``limit`` examples after filtering (for quick tests).
+    first ``limit`` examples after filtering (for quick tests). Every file is checked against the
+    SHA-256 of the official file's decompressed content; ``verify=False`` exists only for the
+    tests' tiny synthetic IDX files (no script passes it).
     """
-    images, labels = _load_split(dataset, split, data_dir, download)
+    images, labels = _load_split(dataset, split, data_dir, download, verify)
     images = images.reshape(images.shape[0], -1)
     y = torch.from_numpy(labels.astype(np.int64))
     keep = np.arange(len(y)) if n_classes is None else np.flatnonzero(labels < n_classes)
