@@ -1002,6 +1002,7 @@ class StudentSpec:
     name: str
     init: Ensemble
     logit_idx: list[int]
+    target_noise: float = 0.0  # Gaussian noise on the teacher logits it matches, x their std (prediction 7)
 
 
 def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
@@ -1028,23 +1029,39 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
             raise UserError(f"student {s.name} has {m.n_runs} runs, teacher has {R}")
         full = list(s.logit_idx) == list(range(m.cfg.n_out))
         li = None if full else torch.as_tensor(s.logit_idx, device=m.device)
-        states.append((s.name, m, make_optimizer(m, tc.lr), li))
+        states.append((s.name, m, make_optimizer(m, tc.lr), li, s.target_noise))
     if schedule not in ("constant", "cosine"):
         raise UserError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
     total = tc.epochs * source.n_batches(tc.batch_size)
     step = 0
+    noisy = any(st[4] > 0 for st in states)
+    if noisy:  # each run's teacher-logit std on the first batch, over examples and the matched logits
+        x0, _ = next(iter(source.epoch(0, R, tc.batch_size, teacher.device)))
+        with torch.no_grad():
+            t0 = teacher(x0)
+        sigma = {name: (t0 if li is None else t0[..., li]).reshape(R, -1).std(1).view(R, 1, 1)
+                 for name, _, _, li, f in states if f > 0}
+        gen = generator(getattr(source, "seed", 0), "target noise", device=teacher.device)
     with _progress(total, "distill", progress) as bar:
         for ep in range(tc.epochs):
             for x, _ in source.epoch(ep, R, tc.batch_size, teacher.device):
                 if schedule == "cosine":
-                    for _, _, opt, _ in states:
+                    for _, _, opt, *_ in states:
                         for group in opt.param_groups:
                             group["lr"] = tc.lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 step += 1
                 with torch.no_grad():
                     t_logits = teacher(x)
-                for name, m, opt, li in states:
-                    train_step(m, x, lambda z: distill_grad(z, t_logits, li, kind, temperature, reduction), opt)
+                for name, m, opt, li, frac in states:
+                    tl = t_logits
+                    if frac > 0:  # fresh noise every batch, on the logits this student matches
+                        eps = torch.randn(t_logits.shape, generator=gen, device=gen.device).to(t_logits.device)
+                        if li is not None:
+                            mask = torch.zeros(t_logits.shape[-1], device=t_logits.device)
+                            mask[li] = 1.0
+                            eps = eps * mask
+                        tl = t_logits + frac * sigma[name] * eps
+                    train_step(m, x, lambda z: distill_grad(z, tl, li, kind, temperature, reduction), opt)
                 bar.update(1)
             if callback is not None:
                 callback(ep, {name: m for name, m, *_ in states})
@@ -1416,6 +1433,25 @@ def bar_chart(summary: dict[str, dict], path: str | Path, title: str, ylabel: st
     if own:
         fig.tight_layout()
         save_fig(fig, path)
+
+
+STUDENT_COLORS = {"aux only": "tab:blue", "all logits": "tab:orange", "cross-model aux only": "tab:red",
+                  "cross-model all logits": "tab:purple", "teacher": "black", "bound": "tab:green",
+                  "reference": "tab:gray"}
+
+
+def student_color(name: str) -> str | None:
+    """The one colour of a student type in every Topic A figure (None: not a student type)."""
+    n = name.lower()
+    cross = "cross" in n
+    if "aux" in n and "all" not in n:
+        return STUDENT_COLORS["cross-model aux only" if cross else "aux only"]
+    if "all logits" in n or ("all" in n and "logit" in n):
+        return STUDENT_COLORS["cross-model all logits" if cross else "all logits"]
+    for k in ("teacher", "bound", "reference"):
+        if k in n:
+            return STUDENT_COLORS[k]
+    return None
 
 
 def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, xlabel: str,

@@ -270,3 +270,23 @@ def test_cosine_schedule_starts_at_full_rate_then_differs():
     assert not torch.equal(run("cosine").weights[0], run("constant").weights[0])
     with pytest.raises(U.UserError):
         run("linear")
+
+
+def test_target_noise_zero_is_exact_and_noise_stays_on_the_matched_logits():
+    data = tiny_data()
+    ref = U.Ensemble.init(SMALL, 3, U.generator(11, "init"))
+    teacher = U.train_classifier(ref, U.RealImages(data, 0), U.TrainConfig(2, 1e-2, 32), progress=False)
+    src = U.UniformNoise(0, n_per_epoch=128, n_in=20)
+    tc = U.TrainConfig(2, 1e-2, 32)
+    plain = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx)], src, tc, progress=False)["s"]
+    zero = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx, 0.0)], src, tc, progress=False)["s"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.params(), zero.params()))
+    out = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx, 1.0),
+                              U.StudentSpec("t", ref, SMALL.aux_idx, 1.0)], src, tc, progress=False)
+    noisy = out["s"]
+    assert not torch.equal(noisy.weights[0], plain.weights[0])  # the targets changed
+    assert torch.equal(noisy.weights[-1][:, :4], ref.weights[-1][:, :4])  # digit rows still untouched
+    assert not torch.equal(out["s"].weights[0], out["t"].weights[0])  # each student its own draws
+    again = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx, 1.0),
+                                U.StudentSpec("t", ref, SMALL.aux_idx, 1.0)], src, tc, progress=False)["s"]
+    assert all(torch.equal(a, b) for a, b in zip(noisy.params(), again.params()))  # seeded

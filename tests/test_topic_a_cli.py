@@ -93,6 +93,7 @@ STEP2 = {
     "topic_a_factors.py": (["--factors", "aux", "dataset"], ["summary", "aux_over_bound"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
     "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
+    "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
 }
 
 
