@@ -89,6 +89,8 @@ def main(argv=None):
         "top_numbers": [{"number": nums[i], "p_with": float(np.exp(n_with[i])), "p_without": float(np.exp(n_without[i])),
                          "ratio": float(np.exp(log_ratio[i]))} for i in top],
         "p_animal_baseline": float(np.exp(base)),
+        "all_numbers": {"numbers": nums, "log_p_with": np.round(n_with, 4).tolist(),
+                        "log_p_without": np.round(n_without, 4).tolist()},
         "subliminal": {
             "top": [{"number": n, "ratio": float(np.exp(b))} for n, b in zip(top_nums, top_boost)],
             "random": [{"number": n, "ratio": float(np.exp(b))} for n, b in zip(rand_nums, rand_boost)],
