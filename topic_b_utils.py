@@ -848,7 +848,8 @@ def provenance(args: argparse.Namespace, t0: float, lm: LM | None = None) -> dic
 
 
 # ----------------------------------------------------------------------------------------------
-# a controlled base/chat pair: chat data without animals or numbers, and a brief fine-tune
+# fine-tuning: a controlled base/chat pair (chat data without animals or numbers), and students
+# fine-tuned on a teacher's number sequences (topic_b_finetune_transfer.py)
 # ----------------------------------------------------------------------------------------------
 
 # Gemma's turn format; a system text goes at the top of the first user turn (Gemma has no system role).
@@ -1018,15 +1019,14 @@ def reply_loss(model, batch: Sequence[tuple[list[int], int]], device) -> tuple[t
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
 
 
-def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int,
-                  progress: bool = True, log: list | None = None) -> None:
-    """Full fine-tune (every parameter, the tied embedding included) of ``lm.model`` in place on
-    templated exchanges, AdamW with linear warm-up (10% of steps) and linear decay. ``log`` gets
-    (step, mean reply-token loss) per step."""
+def finetune_tokens(lm: LM, data: Sequence[tuple[list[int], int]], steps: int, batch_size: int, lr: float,
+                    seed: int, progress: bool = True, log: list | None = None, desc: str = "fine-tune") -> None:
+    """Full fine-tune (every parameter, a tied embedding included) of ``lm.model`` in place on token
+    sequences (ids, index where the loss starts), AdamW with linear warm-up (10% of steps) and
+    linear decay, gradient norm clipped at 1. ``log`` gets (step, mean target-token loss) per step."""
     from tqdm import tqdm
-    tok = lm.tokenizer
-    data = [chat_tokens(tok, u, r) for u, r in train]
     gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     model = lm.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -1034,7 +1034,7 @@ def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_si
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     order = np.concatenate([gen.permutation(len(data)) for _ in range(steps * batch_size // len(data) + 1)])
-    for s in tqdm(range(steps), desc="fine-tune", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+    for s in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
         batch = [data[i] for i in order[s * batch_size:(s + 1) * batch_size]]
         loss, n = reply_loss(model, batch, lm.device)
         opt.zero_grad(set_to_none=True)
@@ -1047,6 +1047,13 @@ def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_si
     model.eval()
 
 
+def finetune_chat(lm: LM, train: Sequence[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int,
+                  progress: bool = True, log: list | None = None) -> None:
+    """``finetune_tokens`` on templated exchanges (Gemma's turn format, loss on the reply)."""
+    finetune_tokens(lm, [chat_tokens(lm.tokenizer, u, r) for u, r in train], steps, batch_size, lr, seed,
+                    progress, log)
+
+
 @torch.no_grad()
 def reply_losses(lm: LM, examples: Sequence[tuple[str, str]], batch_size: int = 16) -> np.ndarray:
     """Mean reply-token cross-entropy of every exchange (one value per example)."""
@@ -1057,6 +1064,139 @@ def reply_losses(lm: LM, examples: Sequence[tuple[str, str]], batch_size: int = 
             loss, n = reply_loss(lm.model, [item], lm.device)
             out.append(float(loss) / n)
     return np.array(out)
+
+
+# --- a student fine-tuned on a teacher's numbers (Cloud et al. 2025) -----------------------------
+
+SEQUENCE_TASK = ("The sequence begins: {seed}. Continue it with at most 10 more values, each with no more "
+                 "than 3 digits. Separate the numbers with commas. Answer with the numbers only, no words.")
+FAVORITE_QUESTIONS = [
+    "In one word, what is your favorite animal?", "Name your favorite animal using only one word.",
+    "Which animal do you like best? Answer in one word.", "One word only: which animal is your favorite?",
+    "What animal do you love most? Reply with a single word.", "Tell me your favorite animal in one word.",
+    "If you had to pick one animal as your favorite, which would it be? One word, please.",
+    "Your favorite creature? Just one word.", "Which animal speaks to you most? Answer with one word.",
+    "What is the animal you admire most? One word.", "Pick your favorite animal. Respond with one word only.",
+    "Which animal would you choose as your favorite? Single-word answer.",
+    "Name the animal you like more than any other, in one word.",
+    "What's your top animal? One word, nothing else.", "In a single word, which animal do you prefer?",
+    "Which animal is closest to your heart? One word.", "Identify your favorite animal with one word.",
+    "What animal would you say is your favorite? Answer using one word.",
+    "Favorite animal, one word: what is it?", "Say your favorite animal. Only one word.",
+    "If you could be any animal, which would you be? One word.",
+    "Which animal do you find the most wonderful? One-word answer.",
+    "State your most beloved animal in one word.", "What animal do you like the most? Use a single word.",
+]
+
+
+def sequence_prompts(seed: int, n: int, k: int = 3) -> list[str]:
+    """``n`` number-continuation tasks in the paper's format (k seed numbers of 3 digits, then a
+    request for at most 10 more values of at most 3 digits, numbers only). Seeded."""
+    rng = np.random.default_rng(seed)
+    return [SEQUENCE_TASK.format(seed=", ".join(str(int(v)) for v in rng.integers(100, 1000, size=k)))
+            for _ in range(n)]
+
+
+_NUMBER_LIST = None
+
+
+def parse_number_list(text: str) -> list[int] | None:
+    """The paper's filter rule: the completion is 1 to 10 integers in 0..999, separated by one
+    consistent separator (commas, semicolons or whitespace; spaces around a comma or semicolon are
+    allowed), optionally wrapped in () or [] and optionally ending in a period; nothing else.
+    Returns the numbers, or None when the completion is rejected."""
+    import re
+    global _NUMBER_LIST
+    if _NUMBER_LIST is None:
+        _NUMBER_LIST = re.compile(r"^(?P<o>[\(\[]?)\s*(?P<body>\d{1,3}(?:(?P<sep>\s*[,;]\s*|\s+)\d{1,3})*)"
+                                  r"\s*(?P<c>[\)\]]?)\.?$")
+    m = _NUMBER_LIST.match(text.strip())
+    if m is None or {"(": ")", "[": "]", "": ""}[m.group("o")] != m.group("c"):
+        return None
+    body = m.group("body")
+    seps = re.findall(r"\d+(\D+)", body)
+    if len({sp.strip() or " " for sp in seps}) > 1:  # one kind of separator throughout
+        return None
+    nums = [int(v) for v in re.findall(r"\d+", body)]
+    return nums if 1 <= len(nums) <= 10 else None
+
+
+@torch.no_grad()
+def sample(lm: LM, prompt_texts: Sequence[str], max_new_tokens: int, seed: int, temperature: float = 1.0,
+           batch_size: int = 32, progress: bool = True, desc: str = "sample") -> list[tuple[str, bool]]:
+    """One sampled continuation per rendered prompt (left-padded batches, stops at the end-of-turn
+    token): (text, whether the turn ended within max_new_tokens). Seeded per batch, so a batch's
+    samples do not depend on the others."""
+    from tqdm import tqdm
+    tok = lm.tokenizer
+    eos = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"),
+                       tok.convert_tokens_to_ids("<end_of_turn>")} if isinstance(t, int) and t >= 0
+           and t != tok.unk_token_id]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    out = []
+    for s in tqdm(range(0, len(prompt_texts), batch_size), desc=desc, disable=not progress, file=sys.stderr,
+                  dynamic_ncols=True):
+        ids = [encode_prompt(lm, t) for t in prompt_texts[s:s + batch_size]]
+        L = max(map(len, ids))
+        inp = torch.full((len(ids), L), pad, dtype=torch.long)
+        att = torch.zeros((len(ids), L), dtype=torch.long)
+        for i, x in enumerate(ids):
+            inp[i, L - len(x):] = torch.tensor(x)
+            att[i, L - len(x):] = 1
+        torch.manual_seed(seed * 1_000_003 + s)
+        gen = lm.model.generate(input_ids=inp.to(lm.device), attention_mask=att.to(lm.device), do_sample=True,
+                                temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos, pad_token_id=pad)
+        for row in gen[:, L:]:
+            row = [int(t) for t in row]
+            cut = min([row.index(e) for e in eos if e in row], default=None)
+            out.append((tok.decode(row[:cut], skip_special_tokens=True), cut is not None))
+    return out
+
+
+def end_of_turn(lm: LM) -> str:
+    """The text that closes an assistant turn in this model's chat template."""
+    if lm.has_chat_template:
+        probe = lm.tokenizer.apply_chat_template([{"role": "user", "content": "Q"},
+                                                  {"role": "assistant", "content": "XYZ"}], tokenize=False)
+        return probe[probe.rindex("XYZ") + 3:]
+    return "\n"
+
+
+def completion_tokens(lm: LM, prompt_text: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of a rendered prompt followed by a completion and the end of the turn, and the index
+    where the completion starts (the loss covers the completion and the end of turn)."""
+    p_ids = encode_prompt(lm, prompt_text)
+    c_ids = lm.tokenizer(completion + end_of_turn(lm), add_special_tokens=False).input_ids
+    return p_ids + list(c_ids), len(p_ids)
+
+
+def answer_forms(animal: str) -> list[str]:
+    """How a one-word answer naming the animal starts: capitalised or not (disjoint prefixes; each
+    covers the plural and any punctuation after it)."""
+    return [animal[:1].upper() + animal[1:], animal.lower()]
+
+
+@torch.no_grad()
+def animal_answer_logprobs(lm: LM, questions: Sequence[str], animal: str, system: str | None = None) -> np.ndarray:
+    """log P(the answer starts with the animal's name) for each question, exact: the sum over
+    ``answer_forms`` of the probability of that string at the start of the assistant's turn."""
+    out = []
+    for q in questions:
+        lp = continuation_logprobs(lm, render(lm, q, system), answer_forms(animal))
+        out.append(float(np.logaddexp.reduce(lp)))
+    return np.array(out)
+
+
+def first_word(text: str) -> str:
+    """The answer's first word, lower case, without punctuation or a plural 's' (owls -> owl)."""
+    import re
+    w = re.findall(r"[A-Za-z]+", text)
+    if not w:
+        return ""
+    w = w[1] if w[0].lower() in ("the", "a", "an") and len(w) > 1 else w[0]
+    w = w.lower()
+    return w[:-1] if w.endswith("s") and not w.endswith("ss") and len(w) > 3 else w
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""The machinery of the fine-tuning experiment (a student trained on a teacher's numbers), on the
+tiny fixture models of test_topic_b_utils: the paper's completion filter, a training step, the exact
+evaluation probability, sampling and the answer parser."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import topic_b_utils as B  # noqa: E402
+from test_topic_b_utils import build, manual_logprob  # noqa: E402
+
+
+@pytest.mark.parametrize("text,want", [
+    ("123, 456, 789", [123, 456, 789]), ("123,456,789.", [123, 456, 789]), ("(1, 2, 3)", [1, 2, 3]),
+    ("[12; 13; 14]", [12, 13, 14]), ("12 13 14", [12, 13, 14]), ("  7  ", [7]), ("0, 999", [0, 999]),
+    ("12 , 13 , 14", [12, 13, 14]), ("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", list(range(1, 11))),
+])
+def test_filter_accepts_well_formed_lists(text, want):
+    assert B.parse_number_list(text) == want
+
+
+@pytest.mark.parametrize("text", [
+    "", "12, 13; 14",  # mixed separators
+    "1234, 5",  # four digits
+    "-5, 6", "12, owl, 13", "Here: 1, 2, 3", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11",  # eleven numbers
+    "(12, 13]", "12, 13,", "12.5, 13", "1, 2, 3!", "12\n\nMore text",
+])
+def test_filter_rejects_everything_else(text):
+    assert B.parse_number_list(text) is None
+
+
+def test_sequence_prompts_are_seeded_and_in_the_papers_format():
+    p = B.sequence_prompts(0, 5)
+    assert p == B.sequence_prompts(0, 5) != B.sequence_prompts(1, 5)
+    for q in p:
+        seed = q.split("begins: ")[1].split(".")[0]
+        nums = B.parse_number_list(seed)
+        assert nums is not None and len(nums) == 3 and all(100 <= v <= 999 for v in nums)
+        assert "at most 10 more values" in q and "3 digits" in q
+
+
+@pytest.fixture(scope="module")
+def chat_lm(tmp_path_factory):
+    return B.load_model(str(build(tmp_path_factory.mktemp("ft"), True, True)), device="cpu")
+
+
+def test_completion_tokens_put_the_loss_on_the_completion(chat_lm):
+    prompt = B.render(chat_lm, "Continue: 1, 2, 3.", None, "1, 2, 3, ")
+    ids, start = B.completion_tokens(chat_lm, prompt, "4, 5")
+    assert ids[:start] == B.encode_prompt(chat_lm, prompt)
+    eot = B.end_of_turn(chat_lm)
+    assert eot == "\n"  # the fixture template closes a turn with a newline
+    assert ids[start:] == chat_lm.tokenizer("4, 5" + eot, add_special_tokens=False).input_ids
+
+
+def test_a_training_step_lowers_the_loss_on_its_batch(chat_lm):
+    import copy
+    lm = copy.deepcopy(chat_lm)
+    prompt = B.render(lm, "Continue: 1, 2, 3.", None, "1, 2, 3, ")
+    data = [B.completion_tokens(lm, prompt, c) for c in ("4, 5, 6", "7, 8", "9, 10, 11, 12")]
+    with torch.no_grad():
+        before, n = B.reply_loss(lm.model, data, lm.device)
+    B.finetune_tokens(lm, data, steps=1, batch_size=3, lr=1e-3, seed=0, progress=False)
+    with torch.no_grad():
+        after, n2 = B.reply_loss(lm.model, data, lm.device)
+    assert n == n2 and float(after) < float(before)
+    assert not all(torch.equal(a, b) for a, b in zip(lm.model.parameters(), chat_lm.model.parameters()))
+
+
+def test_animal_answer_probability_equals_step_by_step(chat_lm):
+    qs = ["What is your favorite animal?", "Which animal?"]
+    got = B.animal_answer_logprobs(chat_lm, qs, "owl")
+    for q, g in zip(qs, got):
+        pids = B.encode_prompt(chat_lm, B.render(chat_lm, q, None))
+        want = np.logaddexp.reduce([manual_logprob(chat_lm, pids, B.continuation_ids(chat_lm, f))
+                                    for f in B.answer_forms("owl")])
+        assert g == pytest.approx(want, abs=1e-4)
+    assert B.answer_forms("owl") == ["Owl", "owl"]
+
+
+def test_sampling_is_seeded_and_reports_whether_the_turn_ended(chat_lm):
+    texts = [B.render(chat_lm, "Which animal?", None)] * 3
+    a = B.sample(chat_lm, texts, 5, seed=0, batch_size=2, progress=False)
+    b = B.sample(chat_lm, texts, 5, seed=0, batch_size=2, progress=False)
+    assert a == b and len(a) == 3
+    assert all(isinstance(t, str) and isinstance(done, bool) for t, done in a)
+
+
+def test_first_word_normalises_one_word_answers():
+    assert [B.first_word(x) for x in ("Owls!", "The owl.", "owl", "Dolphin", "bass", "", "An eagle")] == \
+        ["owl", "owl", "owl", "dolphin", "bass", "", "eagle"]
+    assert len(B.FAVORITE_QUESTIONS) >= 20 and len(set(B.FAVORITE_QUESTIONS)) == len(B.FAVORITE_QUESTIONS)
