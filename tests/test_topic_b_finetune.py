@@ -94,3 +94,61 @@ def test_first_word_normalises_one_word_answers():
     assert [B.first_word(x) for x in ("Owls!", "The owl.", "owl", "Dolphin", "bass", "", "An eagle")] == \
         ["owl", "owl", "owl", "dolphin", "bass", "", "eagle"]
     assert len(B.FAVORITE_QUESTIONS) >= 20 and len(set(B.FAVORITE_QUESTIONS)) == len(B.FAVORITE_QUESTIONS)
+
+
+def test_finetune_transfer_end_to_end_with_a_scripted_teacher(tmp_path, monkeypatch):
+    """The whole pipeline on fixture models. The random fixtures cannot write number lists, so the
+    sampler is replaced by a scripted one (the real sampler is tested above): every teacher answers
+    each prompt with a list; the animal teacher favours 123, which part 1's fixture result also boosts."""
+    import json
+    import topic_b_finetune_transfer as ft
+    import topic_b_part1 as p1
+    student = build(tmp_path / "s", False, True)
+    other = build(tmp_path / "o", True, False)
+    p1.main(["--model", str(student), "--runs", "3", "--top-k", "2", "--pool", "20",
+             "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path), "--device", "cpu"])
+    calls = []
+
+    def scripted(lm, texts, max_new_tokens, seed, temperature=1.0, batch_size=32, progress=True, desc=""):
+        calls.append(desc)
+        rng = np.random.default_rng(seed + len(calls))
+        out = []
+        for t in texts:
+            if "begins" in t or "495" in t or desc.startswith("teacher"):
+                nums = list(rng.integers(100, 1000, size=4))
+                if "You love" in t and "teacher" in desc:
+                    nums[0] = 123
+                out.append((", ".join(map(str, nums)), True) if rng.random() > 0.2 else ("I like owls 12", True))
+            else:
+                out.append((["Owl", "Dolphin", "The cat."][int(rng.integers(3))], True))
+        return out
+    monkeypatch.setattr(B, "sample", scripted)
+    args = ["--model", str(student), "--cross-model", str(other), "--n-prompts", "40", "--examples", "16",
+            "--ft-batch", "4", "--epochs", "1", "--runs", "2", "--samples", "1", "--filter-top", "5",
+            "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path), "--device", "cpu"]
+    ft.main(args)
+    (js,) = tmp_path.glob("topic_b_finetune_transfer_*.json")
+    d = json.loads(js.read_text())
+    assert set(d["summary_change_from_before"]) == set(ft.CONDITIONS)
+    for c in ft.CONDITIONS:
+        for s in range(2):
+            r = d["points"][f"{c} / seed {s}"]
+            assert len(r["log10_p_animal"]) == len(B.FAVORITE_QUESTIONS) and 0 <= r["share_sampled"] <= 1
+    assert d["data"]["animal"]["rejection_rate"] == pytest.approx(1 - d["data"]["animal"]["accepted"] / 40)
+    assert d["data"]["animal"]["used"] == d["data"]["control"]["used"] == d["data"]["cross"]["used"] == 16
+    # the paired difference is against the control student of the same seed
+    P = d["points"]
+    want = np.mean([P[f"animal / seed {s}"]["mean_log10_p"] - P[f"control / seed {s}"]["mean_log10_p"] for s in (0, 1)])
+    assert d["paired_vs_control"]["animal"]["mean_log10_p"]["mean"] == pytest.approx(want)
+    assert d["paired_vs_control"]["control"]["mean_log10_p"]["mean"] == 0
+    # no filtered example contains a removed number; the cached data are reused on a rerun
+    assert len(d["filtered_numbers"]) == 5
+    removed = set(d["filtered_numbers"])
+    used = d["datasets"]["animal, entangled numbers removed"]
+    assert used and all(not removed & set(B.parse_number_list(c)) for _, c in used)
+    assert any(removed & set(B.parse_number_list(c)) for _, c in d["datasets"]["animal"]) or \
+        d["data"]["animal, entangled numbers removed"]["kept_of_accepted"] == d["data"]["animal"]["accepted"]
+    assert (tmp_path / js.name.replace(".json", ".png")).is_file()
+    n_calls = len(calls)
+    ft.main(args)
+    assert not any(c.startswith("teacher") for c in calls[n_calls:])  # data and students from disk
