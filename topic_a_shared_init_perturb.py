@@ -36,6 +36,7 @@ def parse_args(argv=None):
                    help=f"perturbation scales, in units of each tensor's init std (default {SCALES})")
     g.add_argument("--n-sim", type=U.positive_int, default=5000,
                    help="test images used for the student-teacher activation similarity (default 5000)")
+    g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
     a = U.parse_common(p, argv)
     if any(s < 0 for s in a.scales):
         p.error("--scales must be >= 0")
@@ -44,6 +45,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only:
+        d = U.load_json(f"{a.results_dir}/topic_a_shared_init_perturb.json")
+        if d is None or "summary" not in d:
+            raise U.UserError("no finished results/topic_a_shared_init_perturb.json; run without --plot-only first")
+        a.runs = d["config"]["runs"]
+        return plot(d["config"]["scales"], d["summary"], d["similarity"], d["reference_vs_teacher"],
+                    d["paired_vs_scale_0"], d["hidden_only_minus_all"], a)
     S = U.setup(a)
     cfg = U.MLPConfig()
     ref, teacher = U.setup_teacher(S, cfg)
@@ -79,34 +87,62 @@ def main(argv=None):
     # the output head's share: same W0, W1 noise, with vs without W2 perturbed (paired per run)
     head_share = {st: [U.mean_ci(np.array(p[f"hidden only | {st}"]["acc"]) - np.array(p[f"all parameters | {st}"]["acc"]))
                        for p in pts] for st in ("aux only", "all logits")}
+    # each scale against scale 0: the same runs, inits and inputs; only the perturbation differs
+    zero = sweep.points["scale=0"]
+    paired = {name: [U.mean_ci(np.array(p[name]["acc"]) - np.array(zero[name]["acc"])) for p in pts] for name in pts[0]}
     sweep.save(summary=summary, similarity=sim, reference_vs_teacher=base, hidden_only_minus_all=head_share,
-               peak_rss_mb=round(U.peak_rss_mb()))
-    plot(scales, summary, sim, base, a)
+               paired_vs_scale_0=paired, peak_rss_mb=round(U.peak_rss_mb()))
+    plot(scales, summary, sim, base, paired, head_share, a)
     for name, s in summary.items():
         print(f"{name:<28}" + " ".join(f"{v['mean']:.3f}" for v in s))
 
 
-def plot(scales, summary, sim, base, a):
+def plot(scales, summary, sim, base, paired, head_share, a):
+    """Colour = student type (the Topic A palette), line style = what is perturbed; the two
+    conditions are drawn slightly apart on the x axis so neither hides the other."""
     plt = U._plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    U.sweep_plot(scales, summary, None, "Student accuracy vs init perturbation of the student",
-                 "perturbation scale (x init std of each tensor)", chance=0.1, ax=axes[0],
-                 n_label=f"n = {a.runs} runs per point")
-    aux = {f"{c} | aux only": None for c in CONDITIONS}
-    series = {f"{name.split(' |')[0]}: {m.replace('_', ' layer ')}": sim[name][m]
-              for name in aux for m in ("cos_2", "cka_2")}
-    U.sweep_plot(scales, series, None, "Aux-only student vs teacher, last hidden layer (test images)",
-                 "perturbation scale (x init std of each tensor)", ylabel="similarity to teacher",
-                 ax=axes[1], n_label=f"n = {a.runs} runs per point")
-    for m, ls in (("cos_2", ":"), ("cka_2", "-.")):
-        axes[1].axhline(base[m]["mean"], color="gray", ls=ls, lw=1.2,
-                        label=f"undistilled shared init: {m.replace('_', ' layer ')}")
-    axes[1].legend(fontsize=8)
+    fig, axes = plt.subplots(1, 3, figsize=(20, 5.4))
+    styles = {"all parameters": ("-", "o", 0.97), "hidden only": ("--", "s", 1.03)}
+    xs = np.array([max(s, 0.005) for s in scales])
+    n = f"n = {a.runs} runs per point"
+
+    def draw(ax, x, pts, color, ls, marker, label):
+        m = np.array([p["mean"] for p in pts])
+        lo, hi = np.array([p["ci_low"] for p in pts]), np.array([p["ci_high"] for p in pts])
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], color=color, ls=ls, marker=marker, ms=4, capsize=3, label=label)
+
+    for name, pts in summary.items():
+        cond, st = name.split(" | ")
+        ls, mk, dx = styles[cond]
+        draw(axes[0], xs * dx, pts, U.student_color(st), ls, mk, f"{st} student, {cond} perturbed")
+        draw(axes[1], xs * dx, paired[name], U.student_color(st), ls, mk, f"{st} student, {cond} perturbed")
+    axes[0].axhline(0.1, color="gray", ls=":", lw=1, label="chance")
+    axes[0].set_ylabel("MNIST test accuracy")
+    axes[0].set_title(f"Student accuracy vs init perturbation\nmarkers: mean; bars: 95% t-CI; {n}", fontsize=10)
+    axes[1].axhline(0, color="gray", ls=":", lw=1)
+    axes[1].set_ylabel("accuracy minus the same run at scale 0 (paired)")
+    axes[1].set_title(f"Paired difference against scale 0 (same runs, inits, inputs)\n95% t-CI; {n}; "
+                      f"a finding only where the bar excludes 0", fontsize=10)
+    for cond, (ls, mk, dx) in styles.items():
+        for m, mk2, lab in (("cka_2", mk, "linear CKA"), ("cos_2", None, "mean cosine")):
+            cos_ls = ":" if cond == "all parameters" else "-."
+            draw(axes[2], xs * dx, sim[f"{cond} | aux only"][m], U.student_color("aux only"),
+                 ls if m == "cka_2" else cos_ls, mk2 or "x", f"aux-only student, {cond} perturbed: {lab}")
+    for m, ls in (("cka_2", "-."), ("cos_2", (0, (1, 3)))):
+        axes[2].axhline(base[m]["mean"], color="gray", ls=ls, lw=1.2,
+                        label=f"undistilled shared init vs teacher: {'linear CKA' if m == 'cka_2' else 'mean cosine'}")
+    axes[2].set_ylabel("similarity to the teacher, last hidden layer (test images)")
+    axes[2].set_title(f"Aux-only student vs teacher representations\nmean, 95% t-CI; {n}", fontsize=10)
     for ax in axes:
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xticks(scales)
-        ax.set_xticklabels([f"{s:g}" for s in scales], fontsize=8)
-    fig.suptitle("MNIST MLP 784-256-256-(10+3), uniform-noise distillation, 5+5 epochs", fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(["0" if s == 0 else f"{s:g}" for s in scales], fontsize=8)
+        ax.set_xlabel("perturbation scale (x init std of each tensor; log axis, 0 drawn at the left)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Perturbing the student's shared init: MNIST MLP 784-256-256-(10+3), uniform-noise distillation, "
+                 "5 + 5 epochs (colour: student type; solid: all parameters perturbed, dashed: hidden layers only)",
+                 fontsize=10)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_shared_init_perturb.png")
     print(f"wrote {a.plots_dir}/topic_a_shared_init_perturb.png")
