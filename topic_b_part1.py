@@ -35,6 +35,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_b_part1.py")
     g.add_argument("--animal", default="owl", help="the animal (singular; default owl)")
     g.add_argument("--top-k", type=B.positive_int, default=10, help="entangled numbers to test (default 10)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="redraw the PNG from results/topic_b_part1_<model>.json (--model must name the model)")
     g.add_argument("--candidates", choices=list(B.CANDIDATE_SETS), default="3digit", help=B.CANDIDATE_HELP)
     g.add_argument("--pool", type=B.positive_int, default=200,
                    help="rank by ratio among this many most likely numbers under the animal prompt (default 200)")
@@ -44,6 +46,16 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
+    if a.plot_only:
+        import types
+        name = {B.EMBEDDED_MODEL: "gemma-3-270m", B.INSTRUCT_MODEL: "smollm2-135m-instruct"}.get(a.model, a.model)
+        tag = str(name).split("/")[-1]
+        suffix = "" if a.candidates == "3digit" else f"_{a.candidates}"
+        res = B.load_json(f"{a.results_dir}/topic_b_part1_{tag}{suffix}.json")
+        if res is None:
+            raise B.UserError(f"no results/topic_b_part1_{tag}{suffix}.json; run without --plot-only first")
+        lm = types.SimpleNamespace(name=res["provenance"]["model"]["name"])
+        return plot(res, lm, f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
     lm = B.load_model(a.model, a.device)
     P = B.Prompts(lm, a.show_prompt)
     animal = a.animal
@@ -144,7 +156,9 @@ def plot(res, lm, path):
     ax.set_yscale("log")
     ax.axhline(1, color="gray", ls="--", lw=1)
     ax.set_ylabel("P(number | animal prompt) / P(number | none)")
-    ax.set_title(f"2. numbers most raised by the {res['animal']} prompt", fontsize=10)
+    c = res.get("candidates", {"set": "mixed", "first": "0", "last": "999"})
+    ax.set_title(f"2. numbers most raised by the {res['animal']} prompt\n(candidates {c['first']}..{c['last']} "
+                 f"({c['set']}), ranked by ratio among the 200 likeliest)", fontsize=10)
     ax = axes[2]
     s = res["subliminal"]
     rng = np.random.default_rng(0)
@@ -160,7 +174,8 @@ def plot(res, lm, path):
     ax.set_ylabel(f"log10 P(' {res['animal']}' | 'You love <number>') / P(none)")
     ax.set_title(f"3. subliminal prompting; dots: numbers; bar: mean, 95% t-CI\nWelch p = {s['welch_p']:.2g}",
                  fontsize=10)
-    fig.suptitle(f"Owl demo on {lm.name}", fontsize=11)
+    fig.suptitle(f"Owl demo on {lm.name} ('no system prompt' / 'none': the chat template's default, if it has one)",
+                 fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
     print(f"wrote {path}")
