@@ -543,7 +543,7 @@ def numeric_token_ids(lm: LM) -> list[int]:
     out = []
     for i, t in enumerate(lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer))))):
         s = t.lstrip("▁Ġ ") if t else ""
-        if s.isdigit() and 1 <= len(s) <= 3:
+        if s.isascii() and s.isdigit() and 1 <= len(s) <= 3:  # not "³" or other Unicode digits
             out.append(i)
     return out
 
