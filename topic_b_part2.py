@@ -229,14 +229,14 @@ def plot(rows, s, lm, path, a):
                        s=[28 if r["single_token"] else 12 for r in sel], color=color, alpha=0.7,
                        label=f"{label} (n={len(sel)})")
         for r in rows:
-            if r[rule]["strong_vs_chance"] or r[rule]["strong_2x"] or r["paper_animal"]:
+            if r[rule]["strong_vs_chance"] or r["paper_animal"]:
                 ax.annotate(f"{r['animal']}:{r[rule]['number']}", (r[rule]["a2n"], r[rule]["n2a"]), fontsize=6,
                             alpha=0.8)
         B.ratio_axes(ax)
         ax.set_xlabel("animal -> number ratio  P(number | animal prompt) / P(number | none)")
         ax.set_ylabel("number -> animal ratio  P(animal | number prompt) / P(animal | none)")
         n = s[rule]["all"]
-        ax.set_title(f"{rule} rule: {B.PICK_RULES[rule]}\none dot per animal (large: single-token animal); "
+        ax.set_title(f"{rule} rule: {B.PICK_RULES[rule]}\none dot per animal (large: single-token animal;\nlabelled: the paper's 10 and animals above chance); "
                      f"{s[rule]['distinct_numbers']} distinct numbers\nboth > 2x: {n['strong_2x']}/{n['n']}; "
                      f"both above chance: {n['strong_vs_chance']}/{n['n']}", fontsize=9)
         ax.legend(fontsize=8, loc="lower left")
