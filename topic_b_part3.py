@@ -152,7 +152,9 @@ def plot(rows, same, s, base, chat, path, a):
     B.ratio_axes(ax)
     ax.set_xlabel("chat: number -> animal ratio")
     ax.set_ylabel("base: number -> animal ratio (same number)")
-    ax.set_title(f"Same number in both models (paper rule; one dot per animal and number source, n = {n})\n"
+    n_same = sum(r["numbers"]["base"]["paper"] == r["numbers"]["chat"]["paper"] for r in same)
+    ax.set_title(f"Same number in both models (paper rule; one dot per animal and number source, n = {n};\n"
+                 f"the two picks coincide for {n_same} animals, so most squares hide under circles)\n"
                  f"Spearman: bootstrap 95% CI over animals; dashed 1x, dotted 2x", fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[0, 1]
@@ -167,7 +169,7 @@ def plot(rows, same, s, base, chat, path, a):
     ax.set_xlim(0, n + 1)
     ax.set_xlabel(f"number of animals (of {n})")
     ax.set_title(f"Counts (green: shared picks; orange: base; blue: chat)\nstrong = both ratios > 2; above chance "
-                 f"= both above the 95th pct of {a.runs} random three-digit numbers", fontsize=10)
+                 f"= both above the 95th pct\nof {a.runs} random three-digit numbers' ratios", fontsize=10)
     ax = axes[1, 0]
     cols = [(m, src, k) for k in ("a2n", "n2a") for src in MODELS for m in MODELS]
     M = np.array([[np.log2(r[f"paper/{src} pick"][m][k]) for m, src, k in cols] for r in same])
