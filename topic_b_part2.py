@@ -136,8 +136,11 @@ def analyse(points, animals, table, pool, base, pos, a):
         n2a = lambda n: float(np.exp(points[f"number {n}"]["exact"][i] - base_a))
         th = {"a2n_threshold": B.permutation_threshold(np.array([a2n(n) for n in pool]), 1, a.repeats, seed=a.seed),
               "n2a_threshold": B.permutation_threshold(np.array([n2a(n) for n in pool]), 1, a.repeats, seed=a.seed)}
+        null = np.array([n2a(n) for n in pool])
+        loo = [null[j] > B.permutation_threshold(np.delete(null, j), 1, a.repeats, seed=a.seed) for j in range(len(pool))]
         row = {"animal": animal, "paper_animal": animal in B.PAPER_ANIMALS,
-               "single_token": table[animal]["single_token"], **th}
+               "single_token": table[animal]["single_token"], **th,
+               "n2a_null_exceed_loo": float(np.mean(loo))}
         for rule in RULES:
             n = r["picks"][a.candidates][rule]
             m = {"number": n, "p_number": float(np.exp(r["logp"][n])), "a2n": a2n(n), "n2a": n2a(n)}
@@ -185,6 +188,14 @@ def summarise(rows, a):
             for k in ("a2n", "n2a"):
                 u = stats.mannwhitneyu(np.log10([r[rule][k] for r in paper]), np.log10([r[rule][k] for r in other]))
                 out[rule][f"paper_vs_other_{k}_mannwhitney_p"] = float(u.pvalue)
+    # how often the threshold procedure flags a random number: each pool number against the
+    # threshold made from the other pool numbers (leave one out), averaged over animals
+    fpr = float(np.mean([r["n2a_null_exceed_loo"] for r in rows]))
+    out["n2a_false_positive_rate"] = fpr
+    out["n2a_expected_by_chance"] = fpr * len(rows)
+    for rule in RULES:
+        k = out[rule]["all"]["n2a_above_threshold"]
+        out[rule]["n2a_above_threshold_binomial_p"] = float(stats.binomtest(k, len(rows), fpr, "greater").pvalue)
     out["rules_agree"] = sum(r["paper"]["number"] == r["boost"]["number"] for r in rows)
     other = "mixed" if a.candidates == "3digit" else "3digit"
     key = f"{other}_paper"
