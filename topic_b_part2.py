@@ -178,7 +178,11 @@ def summarise(rows, a):
                                "median_n2a": float(np.median([r[rule]["n2a"] for r in sel])),
                                "log10_n2a": U.mean_ci(np.log10([r[rule]["n2a"] for r in sel])),
                                "log10_a2n": U.mean_ci(np.log10([r[rule]["a2n"] for r in sel])),
-                               "n2a_above_threshold": sum(r[rule]["n2a"] > r["n2a_threshold"] for r in sel)}
+                               "n2a_above_threshold": sum(r[rule]["n2a"] > r["n2a_threshold"] for r in sel),
+                               "n2a_above_threshold_and_raises": sum(r[rule]["n2a"] > max(r["n2a_threshold"], 1.0)
+                                                                     for r in sel),
+                               "max_n2a_above_threshold": max([r[rule]["n2a"] for r in sel
+                                                               if r[rule]["n2a"] > r["n2a_threshold"]], default=None)}
         c = Counter(r[rule]["number"] for r in rows)
         out[rule]["distinct_numbers"] = len(c)
         out[rule]["most_common"] = c.most_common(5)
