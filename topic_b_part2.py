@@ -234,7 +234,7 @@ def report(s, lm):
 
 def plot(rows, s, lm, path, a):
     plt = B._plt()
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     fig, axes = plt.subplots(2, 2, figsize=(16, 13))
     n_pool = a.runs
     for ax, rule in zip(axes[0], RULES):
@@ -275,7 +275,7 @@ def plot(rows, s, lm, path, a):
     ax.set_ylabel("fraction of animals with ratio <= x")
     ax.set_title(f"ECDF over n = {len(rows)} animals; thresholds from {n_pool} random numbers of the same set "
                  f"({a.candidates})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     ax = axes[1, 1]
     ax.scatter([r["paper"]["a2n"] for r in rows], [r["token_a2n"] for r in rows], s=12, label="animal -> number")
     ax.scatter([r["paper"]["n2a"] for r in rows], [r["token_n2a"] for r in rows], s=12, label="number -> animal")
@@ -293,7 +293,7 @@ def plot(rows, s, lm, path, a):
     for ax in axes.flat:
         for axis in ([ax.xaxis, ax.yaxis] if ax is not axes[1, 0] else [ax.xaxis]):
             axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(ScalarFormatter())
+            axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"Animal <-> number entanglement on {lm.name}; candidates {a.candidates} "
                  f"(dashed lines 1x, dotted 2x)", fontsize=11)
