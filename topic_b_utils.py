@@ -1150,7 +1150,10 @@ def sample(lm: LM, prompt_texts: Sequence[str], max_new_tokens: int, seed: int, 
         for row in gen[:, L:]:
             row = [int(t) for t in row]
             cut = min([row.index(e) for e in eos if e in row], default=None)
-            out.append((tok.decode(row[:cut], skip_special_tokens=True), cut is not None))
+            text = tok.decode(row[:cut], skip_special_tokens=True)
+            if not lm.has_chat_template and "\n" in text:  # a plain transcript's turn ends at the line's end
+                text, cut = text.split("\n", 1)[0], 0
+            out.append((text, cut is not None))
     return out
 
 

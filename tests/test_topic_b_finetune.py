@@ -152,3 +152,21 @@ def test_finetune_transfer_end_to_end_with_a_scripted_teacher(tmp_path, monkeypa
     n_calls = len(calls)
     ft.main(args)
     assert not any(c.startswith("teacher") for c in calls[n_calls:])  # data and students from disk
+
+
+def test_a_plain_transcript_turn_ends_at_the_newline(tmp_path, monkeypatch):
+    """A base model without a chat template ends its turn at the end of the line: the sampler keeps
+    the text before the first newline and counts it as finished; a text without one is unfinished."""
+    lm = B.load_model(str(build(tmp_path / "plain", True, False)), device="cpu")
+    assert not lm.has_chat_template
+    tok = lm.tokenizer
+    scripted = [tok("12, 13\nUser:", add_special_tokens=False).input_ids, tok("12, 13, 14", add_special_tokens=False).input_ids]
+
+    def fake_generate(input_ids, attention_mask, **kw):
+        n = max(map(len, scripted))
+        rows = [x + [tok.pad_token_id] * (n - len(x)) for x in scripted]
+        return torch.cat([input_ids, torch.tensor(rows)], 1)
+    monkeypatch.setattr(lm.model, "generate", fake_generate)
+    out = B.sample(lm, [B.render(lm, "Continue: 1, 2.", None)] * 2, 8, seed=0, batch_size=2, progress=False)
+    assert B.parse_number_list(out[0][0]) == [12, 13] and out[0][1] is True
+    assert B.parse_number_list(out[1][0]) == [12, 13, 14] and out[1][1] is False
