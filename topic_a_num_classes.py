@@ -39,6 +39,7 @@ def parse_args(argv=None):
                    help="K values rerun with --seed + 1 to test the dip (default 2 3 4; empty skips)")
     g.add_argument("--no-controls", action="store_true",
                    help="skip the fixed-aux-ratio teachers and the real-image students")
+    g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
     a = U.parse_common(p, argv)
     if any(not 2 <= k <= 10 for k in a.ks + a.dip_ks):
         p.error("K must be in 2..10")
@@ -51,6 +52,12 @@ def relative_to_chance(acc, k):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only:
+        d = U.load_json(f"{a.results_dir}/topic_a_num_classes.json")
+        if d is None or "summary" not in d:
+            raise U.UserError("no finished results/topic_a_num_classes.json; run without --plot-only first")
+        a.runs, a.ks, a.dip_ks, a.seed = d["config"]["runs"], d["config"]["ks"], d["config"]["dip_ks"], d["config"]["seed"]
+        return plot(d["summary"], a)
     S = U.setup(a)
     test_full = S.test
     sweep = U.Sweep(f"{a.results_dir}/topic_a_num_classes.json",
@@ -119,13 +126,22 @@ def plot(summary, a):
     U.sweep_plot(a.ks, rel, None, "Accuracy relative to chance, (acc - 1/K) / (1 - 1/K)",
                  "number of classes K", ylabel="accuracy above chance (0 = chance, 1 = perfect)",
                  chance=0.0, ax=axes[1], n_label=n)
-    ax = axes[2]
-    dip = {f"{s}, seed {a.seed}": [summary["acc"][s][a.ks.index(k)] for k in a.dip_ks] for s in NOISE_STUDENTS}
-    dip.update({f"{s}, seed {a.seed + 1}": summary["dip_rerun"][s] for s in NOISE_STUDENTS})
-    U.sweep_plot(a.dip_ks, dip, None, "Is there a dip at K=3? Two seeds (new inits, teachers, noise)",
-                 "number of classes K", ax=ax, n_label=n)
-    for i, line in enumerate(ax.get_lines()[len(NOISE_STUDENTS):]):
-        line.set_linestyle("--")
+    ax = axes[2]  # the two seeds side by side per K, one colour per student, no overlapping bands
+    dx = {a.seed: -0.12, a.seed + 1: 0.12}
+    for i, s in enumerate(NOISE_STUDENTS):
+        c = U.student_color(s) or "tab:brown"
+        for seed, pts, mk, ls in ((a.seed, [summary["acc"][s][a.ks.index(k)] for k in a.dip_ks], "o", "-"),
+                                  (a.seed + 1, summary["dip_rerun"][s], "s", "--")):
+            x = np.array(a.dip_ks) + dx[seed] + (i - 1) * 0.03
+            m = np.array([p["mean"] for p in pts])
+            err = [m - np.array([p["ci_low"] for p in pts]), np.array([p["ci_high"] for p in pts]) - m]
+            ax.errorbar(x, m, yerr=err, color=c, marker=mk, ls=ls, ms=4, capsize=3, label=f"{s}, seed {seed}")
+    ax.set_xlabel("number of classes K (seed {0} left, seed {1} right of each K)".format(a.seed, a.seed + 1))
+    ax.set_ylabel("MNIST test accuracy")
+    ax.set_title(f"Is there a dip at K=3? Two seeds (new inits, teachers, noise)\nmarkers: mean; bars: 95% t-CI; {n}",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
     ax.set_xticks(a.dip_ks)
     for ax in axes[:2]:
         ax.set_xticks(a.ks)
