@@ -21,6 +21,8 @@ to fit the CPU budget:
 """
 from __future__ import annotations
 
+import numpy as np
+
 import topic_a_utils as U
 
 WIDTHS = [64, 128, 256, 512]
@@ -36,6 +38,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_a_factors.py")
     g.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS),
                    help="which factors to sweep (default all)")
+    g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
     return U.parse_common(p, argv)
 
 
@@ -49,6 +52,13 @@ def point(S: U.Setup, cfg: U.MLPConfig, train: U.Dataset, test: U.Dataset, desc:
 
 def main(argv=None):
     a = parse_args(argv)
+    xs = {"width": WIDTHS, "aux": AUX, "depth": DEPTHS, "dataset": DATASETS}
+    if a.plot_only:
+        d = U.load_json(f"{a.results_dir}/topic_a_factors.json")
+        if d is None or "summary" not in d:
+            raise U.UserError("no finished results/topic_a_factors.json; run without --plot-only first")
+        a.runs = d["config"]["runs"]
+        return plot(d["summary"], xs, a)
     if a.dataset != "mnist":
         raise U.UserError("topic_a_factors.py sweeps the dataset itself; leave --dataset at mnist")
     S = U.setup(a)
@@ -95,16 +105,27 @@ def plot(summary, xs, a):
     for ax in axes.flat[len(fs):]:
         ax.set_visible(False)
     for ax, f in zip(axes.flat, fs):
-        x = xs[f] if f != "dataset" else list(range(len(xs[f])))
-        U.sweep_plot(x, summary[f], None, labels[f][1], labels[f][0], ax=ax, n_label=n, chance=0.1,
-                     logx=f in ("width", "aux"))
-        ax.set_xticks(x)
-        if f == "dataset":
+        if f == "dataset":  # two categories: grouped markers with CIs, no line between them
+            for j, srs in enumerate(summary[f]):
+                pts = summary[f][srs]
+                m = np.array([p["mean"] for p in pts])
+                err = [m - np.array([p["ci_low"] for p in pts]), np.array([p["ci_high"] for p in pts]) - m]
+                x = np.arange(len(xs[f])) + (j - (len(summary[f]) - 1) / 2) * 0.1
+                ax.errorbar(x, m, yerr=err, fmt="o", ms=5, capsize=4, color=U.student_color(srs) or f"C{j}", label=srs)
+            ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
+            ax.set_xticks(range(len(xs[f])))
             ax.set_xticklabels(["MNIST", "Fashion-MNIST"])
+            ax.set_xlim(-0.6, len(xs[f]) - 0.4)
+            ax.set_xlabel(labels[f][0])
             ax.set_ylabel("test accuracy on the teacher's dataset")
+            ax.set_title(f"{labels[f][1]}\nmarkers: mean; bars: 95% t-CI; {n}", fontsize=10)
+            ax.grid(alpha=0.3)
         else:
-            ax.set_xticklabels([str(v) for v in x])
-        ax.legend(fontsize=8, loc="center right")
+            U.sweep_plot(xs[f], summary[f], None, labels[f][1], labels[f][0], ax=ax, n_label=n, chance=0.1,
+                         logx=f in ("width", "aux"))
+            ax.set_xticks(xs[f])
+            ax.set_xticklabels([str(v) for v in xs[f]])
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=6)
     fig.suptitle("Comments & Extensions factors, one at a time around the baseline MLP 784-256-256-13\n"
                  "students see only uniform noise (5 epochs x 60000); bound = teacher hidden layers + init digit rows",
                  fontsize=11)

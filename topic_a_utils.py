@@ -1462,12 +1462,15 @@ def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, x
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4.6))
-    for i, (name, pts) in enumerate(series.items()):
+    palette = [student_color(name) for name in series]  # one colour per student type, when they are distinct
+    if None in palette or len(set(palette)) < len(palette):
+        palette = [f"C{i}" for i in range(len(series))]
+    for (name, pts), color in zip(series.items(), palette):
         m = np.array([p["mean"] for p in pts])
         lo = np.array([p["ci_low"] for p in pts])
         hi = np.array([p["ci_high"] for p in pts])
-        ax.plot(x, m, marker="o" if markers else None, ms=4, label=name, color=f"C{i}")
-        ax.fill_between(x, lo, hi, alpha=0.2, color=f"C{i}")
+        ax.plot(x, m, marker="o" if markers else None, ms=4, label=name, color=color)
+        ax.fill_between(x, lo, hi, alpha=0.2, color=color)
     if chance is not None:
         if np.ndim(chance) == 0:
             ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
