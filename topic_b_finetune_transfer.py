@@ -223,6 +223,7 @@ def plot(summary, paired, link, before, a, lm, n, steps, path):
             ax.text(i, max(m[i] + (e[i] if np.isfinite(e[i]) else 0), 0), f"vs control:\n{d['mean']:+.3f}\n"
                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", ha="center", va="bottom", fontsize=7)
         ax.axhline(0, color="gray", lw=0.8)
+        ax.margins(y=0.3)  # room for the paired-difference labels above the bars
         ax.set_xticks(x)
         ax.set_xticklabels([c.replace(", ", ",\n") for c in CONDITIONS], fontsize=8)
         ax.set_ylabel(label)
