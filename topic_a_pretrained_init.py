@@ -8,13 +8,16 @@ distilled on the teacher's 3 aux logits of uniform noise (5 epochs). Shared init
   Fashion-MNIST         pretrained on Fashion-MNIST's 10 classes (same 10 class logits) for --pretrain-epochs;
   MNIST, permuted labels  pretrained on MNIST images with a fixed random relabelling of the digits
                         (features of the very same images, wrong head).
-Per init: accuracy of the init itself, the teacher, the aux-only student, and the bound (teacher
-hidden layers + init digit rows); the student's gain over its own init is what transfer bought.
+Per init: accuracy of the init itself, the teacher, the aux-only student, its cross-model control
+(the same student started from another run's init of the same kind, a derangement as in A.1), and
+the bound (teacher hidden layers + init digit rows); the student's gain over its own init is what
+transfer bought. Each pretrained init against random: the paired difference of that gain (run r
+starts from the same random draw in every condition), with 95% t-CIs.
 
-Regenerate plots/topic_a_pretrained_init.png and results/topic_a_pretrained_init.json (about 10 min
-on the 2-core CPU at 5 runs; resumes finished points):
+Regenerate plots/topic_a_pretrained_init.png and results/topic_a_pretrained_init.json (about 20 min
+on the 2-core CPU at 10 runs; resumes finished points):
 
-    python topic_a_pretrained_init.py --runs 5
+    python topic_a_pretrained_init.py --runs 10
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 import topic_a_utils as U
 
 INITS = ("random", "Fashion-MNIST", "MNIST, permuted labels")
-SERIES = ("init", "teacher", "bound", "aux only")
+SERIES = ("init", "teacher", "bound", "aux only", "cross-model aux only")
 
 
 def parse_args(argv=None):
@@ -59,7 +62,9 @@ def main(argv=None):
                                      not a.no_progress, desc="pretrain")
         teacher = U.train_classifier(ref, U.RealImages(S.train, a.seed, "teacher-order"), S.tc_teacher,
                                      not a.no_progress)
-        res = U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
+        cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+        res = U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx),
+                                                 U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)],
                                   U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
         res["init"] = res.pop("reference")  # here the shared init is the (pretrained) starting model
         return res
@@ -71,7 +76,10 @@ def main(argv=None):
     gain = {n: U.mean_ci(np.array(P[n]["aux only"]["acc"]) - np.array(P[n]["init"]["acc"])) for n in INITS}
     share = {n: U.mean_ci((np.array(P[n]["aux only"]["acc"]) - np.array(P[n]["init"]["acc"]))
                           / (np.array(P[n]["bound"]["acc"]) - np.array(P[n]["init"]["acc"]))) for n in INITS}
-    sweep.save(summary=summary, student_gain_over_init=gain, gain_share_of_bound_gain=share)
+    g = {n: np.array(P[n]["aux only"]["acc"]) - np.array(P[n]["init"]["acc"]) for n in INITS}
+    paired = {n: U.mean_ci(g[n] - g["random"]) for n in INITS if n != "random"}
+    sweep.save(summary=summary, student_gain_over_init=gain, gain_share_of_bound_gain=share,
+               paired_gain_minus_random=paired)
     U.print_table({f"{n}: {s}": summary[n][s] for n in INITS for s in SERIES})
     plot(summary, gain, a)
 
@@ -79,23 +87,25 @@ def main(argv=None):
 def plot(summary, gain, a):
     plt = U._plt()
     fig, ax = plt.subplots(figsize=(12, 5))
-    w = 0.2
+    w = 0.16
     x = np.arange(len(INITS))
+    off = (len(SERIES) - 1) / 2
     for j, s in enumerate(SERIES):
         m = np.array([summary[n][s]["mean"] for n in INITS])
         e = np.array([summary[n][s]["half_width"] for n in INITS])
-        ax.bar(x + (j - 1.5) * w, m, w, yerr=e, capsize=4, color=f"C{j}", alpha=0.8, edgecolor="k",
-               label={"init": "shared init itself", "bound": "bound (teacher body + init digit rows)",
-                      "aux only": "aux-only student"}.get(s, s))
+        ax.bar(x + (j - off) * w, m, w, yerr=e, capsize=4, color=U.student_color(s) or "tab:brown", alpha=0.8,
+               edgecolor="k", label={"init": "shared init itself", "bound": "bound (teacher body + init digit rows)",
+                                     "aux only": "aux-only student",
+                                     "cross-model aux only": "cross-model aux-only (control)"}.get(s, s))
         for xi, mi in zip(x, m):
-            ax.text(xi + (j - 1.5) * w, mi + 0.02, f"{mi:.2f}", ha="center", fontsize=7)
+            ax.text(xi + (j - off) * w, mi + 0.02, f"{mi:.2f}", ha="center", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels([f"{n}\nstudent gain over init: {gain[n]['mean']:+.3f} +- {gain[n]['half_width']:.3f}"
                         for n in INITS], fontsize=9)
     ax.set_ylabel("MNIST test accuracy")
     ax.set_ylim(0, 1.22)
     ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
-    ax.legend(fontsize=8, loc="upper center", ncol=5)
+    ax.legend(fontsize=8, loc="upper center", ncol=6)
     ax.set_title(f"Bonus 1: shared init = random vs pretrained ({a.pretrain_epochs} epochs); teacher 5 epochs on "
                  f"MNIST, student 5 epochs on uniform noise (aux logits)\nbars: mean; error bars: 95% t-CI; "
                  f"n = {a.runs} runs", fontsize=10)
