@@ -3,22 +3,23 @@ than its residual stream.
 
 MLP 784-h-h-(10 + m) with a narrow hidden width h (default 64) and m aux logits, m from 1 to far
 past h. Per m: a teacher trained on MNIST digits (aux logits never trained), an aux-only student
-distilled on uniform noise (5 epochs, KL on the m aux logits) from the shared init, and the bound
+distilled on uniform noise (5 epochs, KL on the m aux logits) from the shared init, its cross-model
+control (the same student from another run's init, a derangement as in A.1), and the bound
 (teacher hidden layers + init digit rows, see topic_a_mechanism.py). Once m >= h the aux logits
 are a full-rank linear view of the last hidden layer, so the student can in principle read the
 whole teacher representation off them; the question is whether transfer keeps rising past h.
 
-Regenerate plots/topic_a_wide_channel.png and results/topic_a_wide_channel.json (about 10 min on
-the 2-core CPU at 5 runs; resumes finished points):
+Regenerate plots/topic_a_wide_channel.png and results/topic_a_wide_channel.json (about 20 min on
+the 2-core CPU at 10 runs; resumes finished points):
 
-    python topic_a_wide_channel.py --runs 5
+    python topic_a_wide_channel.py --runs 10
 """
 from __future__ import annotations
 
 import topic_a_utils as U
 
 AUX = [1, 3, 16, 64, 256, 1024]
-SERIES = ("teacher", "bound", "aux only", "reference")
+SERIES = ("teacher", "bound", "aux only", "cross-model aux only", "reference")
 
 
 def parse_args(argv=None):
@@ -39,7 +40,9 @@ def main(argv=None):
     def point(m):
         cfg = U.MLPConfig(hidden=(a.hidden, a.hidden), n_aux=m)
         ref, teacher = U.setup_teacher(S, cfg)
-        return U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)],
+        cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+        return U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx),
+                                                  U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)],
                                    U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
 
     for m in a.aux:
