@@ -54,9 +54,7 @@ def main(argv=None):
     a = parse_args(argv)
     xs = {"width": WIDTHS, "aux": AUX, "depth": DEPTHS, "dataset": DATASETS}
     if a.plot_only:
-        d = U.load_json(f"{a.results_dir}/topic_a_factors.json")
-        if d is None or "summary" not in d:
-            raise U.UserError("no finished results/topic_a_factors.json; run without --plot-only first")
+        d = U.load_finished(f"{a.results_dir}/topic_a_factors.json")
         a.runs = d["config"]["runs"]
         return plot(d["summary"], xs, a)
     if a.dataset != "mnist":

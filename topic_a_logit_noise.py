@@ -44,9 +44,7 @@ def main(argv=None):
     a = parse_args(argv)
     path = f"{a.results_dir}/topic_a_logit_noise.json"
     if a.plot_only:
-        d = U.load_json(path)
-        if d is None or "summary" not in d:
-            raise U.UserError(f"{path} has no finished results; run without --plot-only first")
+        d = U.load_finished(path)
         return plot(d["config"]["levels"], d["summary"], d["paired_vs_0"], d["config"]["runs"], a)
     S = U.setup(a)
     cfg = U.MLPConfig()

@@ -53,9 +53,7 @@ def relative_to_chance(acc, k):
 def main(argv=None):
     a = parse_args(argv)
     if a.plot_only:
-        d = U.load_json(f"{a.results_dir}/topic_a_num_classes.json")
-        if d is None or "summary" not in d:
-            raise U.UserError("no finished results/topic_a_num_classes.json; run without --plot-only first")
+        d = U.load_finished(f"{a.results_dir}/topic_a_num_classes.json")
         a.runs, a.ks, a.dip_ks, a.seed = d["config"]["runs"], d["config"]["ks"], d["config"]["dip_ks"], d["config"]["seed"]
         return plot(d["summary"], a)
     S = U.setup(a)

@@ -46,9 +46,7 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     if a.plot_only:
-        d = U.load_json(f"{a.results_dir}/topic_a_shared_init_perturb.json")
-        if d is None or "summary" not in d:
-            raise U.UserError("no finished results/topic_a_shared_init_perturb.json; run without --plot-only first")
+        d = U.load_finished(f"{a.results_dir}/topic_a_shared_init_perturb.json")
         a.runs = d["config"]["runs"]
         return plot(d["config"]["scales"], d["summary"], d["similarity"], d["reference_vs_teacher"],
                     d["paired_vs_scale_0"], d["hidden_only_minus_all"], a)

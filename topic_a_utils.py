@@ -1271,6 +1271,14 @@ def load_json(path: str | Path) -> dict | None:
         return json.load(f)
 
 
+def load_finished(path: str | Path, key: str = "summary") -> dict:
+    """The results JSON of a finished run (it has ``key``), for --plot-only; else one clear line."""
+    d = load_json(path)
+    if d is None or key not in d:
+        raise UserError(f"{path} has no finished results; run the script without --plot-only first")
+    return d
+
+
 def provenance(args: argparse.Namespace, t0: float) -> dict:
     commit = getattr(args, "git_commit_at_start", None) or git_commit()
     return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": commit,

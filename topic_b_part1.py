@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+import topic_a_utils as U
 import topic_b_utils as B
 
 OWL_VARIANTS = [" owl", "owl", " owls", "owls", " Owl", "Owl", " Owls"]
@@ -47,15 +48,11 @@ def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
     if a.plot_only:
-        import types
         name = {B.EMBEDDED_MODEL: "gemma-3-270m", B.INSTRUCT_MODEL: "smollm2-135m-instruct"}.get(a.model, a.model)
         tag = str(name).split("/")[-1]
         suffix = "" if a.candidates == "3digit" else f"_{a.candidates}"
-        res = B.load_json(f"{a.results_dir}/topic_b_part1_{tag}{suffix}.json")
-        if res is None:
-            raise B.UserError(f"no results/topic_b_part1_{tag}{suffix}.json; run without --plot-only first")
-        lm = types.SimpleNamespace(name=res["provenance"]["model"]["name"])
-        return plot(res, lm, f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
+        res = U.load_finished(f"{a.results_dir}/topic_b_part1_{tag}{suffix}.json", "subliminal")
+        return plot(res, res["provenance"]["model"]["name"], f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
     lm = B.load_model(a.model, a.device)
     P = B.Prompts(lm, a.show_prompt)
     animal = a.animal
@@ -114,7 +111,7 @@ def main(argv=None):
     suffix = "" if a.candidates == "3digit" else f"_{a.candidates}"
     B.save_json(f"{a.results_dir}/topic_b_part1_{tag}{suffix}.json", res)
     report(res, lm)
-    plot(res, lm, f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
+    plot(res, lm.name, f"{a.plots_dir}/topic_b_part1_{tag}{suffix}.png")
 
 
 def report(res, lm):
@@ -134,7 +131,7 @@ def report(res, lm):
     print(f"  Welch t = {s['welch_t']:.2f}, p = {s['welch_p']:.3g}")
 
 
-def plot(res, lm, path):
+def plot(res, model_name, path):
     plt = B._plt()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     ax = axes[0]
@@ -174,7 +171,7 @@ def plot(res, lm, path):
     ax.set_ylabel(f"log10 P(' {res['animal']}' | 'You love <number>') / P(none)")
     ax.set_title(f"3. subliminal prompting; dots: numbers; bar: mean, 95% t-CI\nWelch p = {s['welch_p']:.2g}",
                  fontsize=10)
-    fig.suptitle(f"Owl demo on {lm.name} ('no system prompt' / 'none': the chat template's default, if it has one)",
+    fig.suptitle(f"Owl demo on {model_name} ('no system prompt' / 'none': the chat template's default, if it has one)",
                  fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
