@@ -3,7 +3,9 @@
 Distillation inputs are alpha * (real MNIST training image) + (1 - alpha) * N(0, sigma_pixel^2),
 sigma_pixel the per-pixel std of the training set (pixels that never vary get no noise). alpha = 0
 is pure noise, alpha = 1 the real images (their labels are never used). Aux-only and all-logits
-students start from the shared init and learn from the same cached teacher as topic_a.py.
+students start from the shared init and learn from the same cached teacher as topic_a.py; beside
+them at every point the cross-model control (the aux-only student from another run's init, a
+derangement as in A.1).
 Per alpha we also measure, on 5000 distillation inputs: the teacher's aux-digit logit coupling
 (mean |Pearson r| over the 3 x 10 logit pairs, and the R^2 of the digit logits on the aux logits),
 and the effective dimension of the inputs (PCA components for 95% of the variance; participation
@@ -13,19 +15,27 @@ Causal test of the takehome's dimension hypothesis (last panel): at fixed alpha 
 same total variance as the per-pixel noise, k in {16, 64, 256, 784}: the input's dimension changes,
 its content (alpha, the images, the noise energy) does not.
 
-Regenerate plots/topic_a_input_signal.png and results/topic_a_input_signal.json (about 40 min on a
-2-core CPU with a 180 GFLOP/s sgemm at 25 runs, 13 min at 10 runs; resumes finished points).
-The committed figure was made with 10 runs to fit this session's CPU budget:
+Control for the "mean image / digit structure" explanation (--control-alphas): no digit at all,
+x = alpha * (MNIST mean image) + sqrt(alpha^2 + (1 - alpha)^2) * N(0, sigma_pixel^2), which has the
+same per-pixel mean and per-pixel variance (so the same energy) as the alpha mixture, but none of
+the digits' correlations between pixels.
 
-    python topic_a_input_signal.py --runs 10
+Regenerate plots/topic_a_input_signal.png and results/topic_a_input_signal.json (about 70 min on
+the 2-core CPU at 25 runs; resumes finished points):
+
+    python topic_a_input_signal.py --runs 25
 """
 from __future__ import annotations
+
+import numpy as np
 
 import topic_a_utils as U
 
 ALPHAS = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
 DIMS = [16, 64, 256, 784]
 DIM_ALPHAS = [0.5]
+CONTROL_ALPHAS = [0.5, 1.0]
+STUDENTS = ("aux only", "all logits", "cross-model aux only")
 
 
 def parse_args(argv=None):
@@ -36,14 +46,24 @@ def parse_args(argv=None):
                    help=f"noise subspace dimensions of the causal test (default {DIMS}; empty skips it)")
     g.add_argument("--dim-alphas", type=float, nargs="*", default=DIM_ALPHAS,
                    help=f"alphas at which the dimension is varied (default {DIM_ALPHAS})")
+    g.add_argument("--control-alphas", type=float, nargs="*", default=CONTROL_ALPHAS,
+                   help=f"alphas of the no-digit control, mean image + moment-matched noise (default {CONTROL_ALPHAS})")
     g.add_argument("--n-measure", type=U.positive_int, default=5000,
                    help="inputs used for coupling and PCA measurements (default 5000)")
     a = U.parse_common(p, argv)
-    if any(not 0 <= x <= 1 for x in a.alphas + a.dim_alphas):
+    if any(not 0 <= x <= 1 for x in a.alphas + a.dim_alphas + a.control_alphas):
         p.error("alphas must lie in [0, 1]")
     if any(d > 784 for d in a.dims):
         p.error("--dims must be at most 784")
     return a
+
+
+def no_digit_control(train: U.Dataset, alpha: float, seed: int) -> U.GaussianNoise:
+    """alpha * mean image + sqrt(alpha^2 + (1 - alpha)^2) * N(0, sigma_pixel^2): the per-pixel mean and
+    variance of MixedSource(train, alpha, N(0, sigma_pixel^2)), without any digit."""
+    sigma = train.x.std(0)
+    return U.GaussianNoise(seed, len(train), train.x.shape[1], std=sigma * (alpha ** 2 + (1 - alpha) ** 2) ** 0.5,
+                           mean=alpha * train.x.mean(0), key="mean-image-control")
 
 
 def main(argv=None):
@@ -53,9 +73,12 @@ def main(argv=None):
     ref, teacher = U.setup_teacher(S, cfg)
     sigma = S.train.x.std(0)  # per-pixel std of the training set
     sigma_rms = float(sigma.pow(2).mean().sqrt())
-    students = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx)]
+    cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+    students = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx),
+                U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)]
     sweep = U.Sweep(f"{a.results_dir}/topic_a_input_signal.json",
                     {"alphas": a.alphas, "dims": a.dims, "dim_alphas": a.dim_alphas, "runs": a.runs,
+                     "control_alphas": a.control_alphas, "students": list(STUDENTS),
                      "seed": a.seed, "teacher": S.tc_teacher.as_dict(), "student": S.tc_student.as_dict(),
                      "data": S.data_desc, "n_measure": a.n_measure}, a, S.t0)
 
@@ -74,17 +97,28 @@ def main(argv=None):
         for k in a.dims:
             noise = U.SubspaceNoise(a.seed, k, std=sigma_rms, key="subspace-noise")
             sweep.run(f"alpha={alpha:g} dim={k}", lambda: point(U.MixedSource(S.train, alpha, noise, a.seed)))
+    for alpha in a.control_alphas:
+        sweep.run(f"alpha={alpha:g} mean image + noise", lambda: point(no_digit_control(S.train, alpha, a.seed)))
 
     P = sweep.points
     main_pts = [P[f"alpha={x:g}"] for x in a.alphas]
     summary = {
-        "students": {s: [U.mean_ci(p[s]["acc"]) for p in main_pts] for s in ("aux only", "all logits")},
+        "students": {s: [U.mean_ci(p[s]["acc"]) for p in main_pts] for s in STUDENTS},
+        "mean_image_control": {
+            "alphas": a.control_alphas,
+            "students": {s: [U.mean_ci(P[f"alpha={x:g} mean image + noise"][s]["acc"]) for x in a.control_alphas]
+                         for s in STUDENTS},
+            # paired by run: the same init, teacher and alpha, digits replaced by moment-matched noise
+            "minus_real_mixture": {f"alpha={x:g}": {s: U.mean_ci(np.subtract(
+                P[f"alpha={x:g} mean image + noise"][s]["acc"], P[f"alpha={x:g}"][s]["acc"])) for s in STUDENTS}
+                for x in a.control_alphas if f"alpha={x:g}" in P},
+            "effective_dim_95": [P[f"alpha={x:g} mean image + noise"]["effective_dim_95"] for x in a.control_alphas]},
         "coupling": {m: [U.mean_ci(p["coupling"][m]) for p in main_pts] for m in ("mean_abs_r", "r2")},
         "effective_dim_95": [p["effective_dim_95"] for p in main_pts],
         "participation_ratio": [p["participation_ratio"] for p in main_pts],
         "dim_test": {f"alpha={x:g}": {
             "students": {s: [U.mean_ci(P[f"alpha={x:g} dim={k}"][s]["acc"]) for k in a.dims]
-                         for s in ("aux only", "all logits")},
+                         for s in STUDENTS},
             "effective_dim_95": [P[f"alpha={x:g} dim={k}"]["effective_dim_95"] for k in a.dims]}
             for x in a.dim_alphas},
         "sigma_pixel_rms": sigma_rms,
@@ -96,10 +130,17 @@ def main(argv=None):
 def plot(summary, a):
     plt = U._plt()
     n = f"n = {a.runs} runs per point"
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10.5))
     U.sweep_plot(a.alphas, summary["students"], None, "Student accuracy vs real signal in the inputs",
                  "alpha (input = alpha * real + (1 - alpha) * N(0, sigma_pixel^2))", chance=0.1,
                  ax=axes[0, 0], n_label=n)
+    mc = summary["mean_image_control"]
+    for j, (s, pts) in enumerate(mc["students"].items()):
+        xs = np.array(mc["alphas"]) + 0.012 * (j - 1)  # dodged so the three students' markers do not overlap
+        axes[0, 0].errorbar(xs, [p["mean"] for p in pts], yerr=[p["half_width"] for p in pts], fmt="D", ms=6,
+                            mfc="white", color=U.student_color(s), capsize=3,
+                            label=f"{s}: no digit (mean image + matched noise)")
+    axes[0, 0].legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below: no data covered
     U.sweep_plot(a.alphas, {"mean |r| over aux x digit logit pairs": summary["coupling"]["mean_abs_r"],
                             "R^2 of digit logits on aux logits": summary["coupling"]["r2"]}, None,
                  "Teacher: coupling of aux and digit logits on the inputs", "alpha",
@@ -114,7 +155,7 @@ def plot(summary, a):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     series = {f"{s}, alpha={x}": v["students"][s] for x, v in summary["dim_test"].items()
-              for s in ("aux only", "all logits")}
+              for s in STUDENTS}
     U.sweep_plot(a.dims, {k.replace("alpha=alpha=", "alpha="): v for k, v in series.items()}, None,
                  "Causal test: noise confined to a k-dim subspace, alpha fixed",
                  "noise subspace dimension k (same total noise variance)", chance=0.1, logx=True,

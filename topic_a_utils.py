@@ -594,11 +594,13 @@ class GaussianNoise(NoiseSource):
 
     def draw(self, shape, gen):
         std = self.std.to(gen.device) if torch.is_tensor(self.std) else self.std
-        return torch.randn(shape, generator=gen, device=gen.device) * std + self.mean
+        mean = self.mean.to(gen.device) if torch.is_tensor(self.mean) else self.mean
+        return torch.randn(shape, generator=gen, device=gen.device) * std + mean
 
     def describe(self):
         std = "per-pixel tensor" if torch.is_tensor(self.std) else self.std
-        return {**super().describe(), "std": std, "mean": self.mean}
+        mean = "per-pixel tensor" if torch.is_tensor(self.mean) else self.mean
+        return {**super().describe(), "std": std, "mean": mean}
 
 
 class SubspaceNoise(NoiseSource):

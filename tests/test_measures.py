@@ -143,3 +143,21 @@ def test_blurred_images_are_blurred_real_images():
     b = [x for x, _ in U.BlurredImages(d, 3, sigma=1.0).epoch(0, 2, 25, "cpu")]
     for xa, xb in zip(a, b):
         torch.testing.assert_close(xb, U.blur(xa, 1.0))
+
+
+def test_no_digit_control_matches_the_mixture_per_pixel_but_not_across_pixels():
+    """topic_a_input_signal's control: the same per-pixel mean and variance as the alpha mixture
+    of images and per-pixel noise, without the images' correlations between pixels."""
+    import topic_a_input_signal as A6
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4000, 1) * torch.linspace(0.2, 1.0, 20) + torch.linspace(-0.5, 0.5, 20)  # rank-1, correlated
+    d = U.Dataset(base + 0.05 * torch.randn(4000, 20, generator=g), torch.zeros(4000, dtype=torch.long))
+    sigma = d.x.std(0)
+    for alpha in (0.5, 1.0):
+        mix = torch.cat([x[0] for x, _ in U.MixedSource(d, alpha, U.GaussianNoise(1, 4000, 20, std=sigma), 1)
+                        .epoch(0, 1, 1000, "cpu")])
+        ctl = torch.cat([x[0] for x, _ in A6.no_digit_control(d, alpha, 2).epoch(0, 1, 1000, "cpu")])
+        torch.testing.assert_close(ctl.mean(0), mix.mean(0), atol=0.06, rtol=0)
+        torch.testing.assert_close(ctl.var(0) / mix.var(0), torch.ones(20), atol=0.12, rtol=0)
+        off = ~torch.eye(20, dtype=torch.bool)
+        assert torch.corrcoef(mix.T)[off].abs().mean() > 0.3 and torch.corrcoef(ctl.T)[off].abs().mean() < 0.05
