@@ -1,11 +1,14 @@
 """Takehome step 3, question 2: which distillation inputs carry subliminal learning best, and why?
 
-One script, one distillation-input mechanism (topic_a_utils input sources), five families:
+One script, one distillation-input mechanism (topic_a_utils input sources), five families and one control:
   variance   i.i.d. Gaussian noise, std in STDS;
   blur       Gaussian noise blurred with a Gaussian of std sigma pixels, rescaled to unit pixel variance;
   subspace   Gaussian noise in a random k-dimensional subspace (own per run), same total variance;
   spectrum   random-phase noise with the power spectrum (and mean image) of MNIST blurred by sigma;
   blurred    MNIST training images blurred by sigma (labels unused);
+  spectrum-no-mean   the spectrum family without the MNIST mean image (zero-mean random-phase
+             noise with the same power spectrum): the control for the explanation that the mean image
+             is what makes spectrum-matched noise fail (not used to choose or test the predictor);
 and a figure of the radial power spectra of these families (--study spectra, no training).
 Every point distils an aux-only student from the same cached teacher as topic_a.py and records
 its test accuracy after every epoch, so one run gives both the takehome's 5-epoch budget and a
@@ -35,7 +38,8 @@ DIMS = [8, 32, 128, 392, 784]
 IMG_SIGMAS = [0.0, 1.0, 2.0]
 FIT = ("variance", "blur", "subspace")
 HELD_OUT = ("spectrum", "blurred")
-STUDIES = FIT + HELD_OUT
+CONTROLS = ("spectrum-no-mean",)
+STUDIES = FIT + HELD_OUT + CONTROLS
 
 
 def parse_args(argv=None):
@@ -64,6 +68,10 @@ def families(S: U.Setup) -> dict[str, list[tuple[str, float, U.InputSource]]]:
                                                          mean=U.blur(mean_img, s), n_per_epoch=n,
                                                          label=f"MNIST blurred sigma={s:g}")) for s in IMG_SIGMAS],
         "blurred": [(f"sigma={s:g}", s, U.BlurredImages(S.train, a.seed, s, "distill-order")) for s in IMG_SIGMAS],
+        "spectrum-no-mean": [(f"sigma={s:g}", s, U.SpectrumNoise(a.seed, U.power_spectrum(U.blur(S.train.x[:20000], s)),
+                                                                  mean=None, n_per_epoch=n,
+                                                                  label=f"MNIST blurred sigma={s:g}"))
+                              for s in IMG_SIGMAS],
     }
     return out
 
@@ -148,10 +156,13 @@ def plot_results(summary, a):
     n = f"n = {a.runs} runs per point"
     titles = {"variance": "Gaussian noise, varying std", "blur": "Gaussian noise blurred, rescaled to unit variance",
               "subspace": "Gaussian noise in a random k-dim subspace", "spectrum":
-              "random-phase noise with blurred-MNIST spectrum", "blurred": "blurred MNIST training images"}
+              "random-phase noise with blurred-MNIST spectrum\n(plus the MNIST mean image)",
+              "blurred": "blurred MNIST training images",
+              "spectrum-no-mean": "control: the same noise without the mean image"}
     xlabels = {"variance": "noise std", "blur": "blur sigma (pixels)", "subspace": "subspace dimension k",
                "spectrum": "blur sigma of the MNIST images whose spectrum is copied",
-               "blurred": "blur sigma of the MNIST images"}
+               "blurred": "blur sigma of the MNIST images",
+               "spectrum-no-mean": "blur sigma of the MNIST images whose spectrum is copied"}
     for ax, (fam, v) in zip(axes.flat, fams.items()):
         U.sweep_plot(v["x"], {f"{a.student_epochs} epochs": v["short"], f"{a.epochs} epochs": v["long"]}, None,
                      titles[fam], xlabels[fam], chance=0.1, ax=ax, n_label=n,
@@ -160,7 +171,7 @@ def plot_results(summary, a):
         ax.set_xticklabels([f"{x:g}" for x in v["x"]])
         ax.set_ylim(0, 1)
     ax = axes.flat[len(fams)]
-    for i, (fam, v) in enumerate(fams.items()):
+    for i, (fam, v) in enumerate((f, v) for f, v in fams.items() if f not in CONTROLS):
         ax.scatter(v["effective_dim_95"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}",
                    marker="o" if fam in FIT else "s")
     ax.set_xscale("log")

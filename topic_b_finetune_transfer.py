@@ -221,6 +221,9 @@ def main(argv=None):
     link = entanglement_link(data, p1, a)
     sweep.save(summary_change_from_before=summary, paired_vs_control=paired, entanglement_link=link,
                specificity_animal_vs_other_student=spec,
+               per_seed={c: {k: [P[f"{c} / seed {s}"][k] for s in range(a.runs)] for k in MEASURES + ("loss_first", "loss_last")}
+                         for c in CONDITIONS},
+               before={k: before[k] for k in MEASURES},
                data={**{k: {"accepted": len(accepted[k]), "n": raw[k]["n"], "rejection_rate": raw[k]["rejection_rate"],
                             "not_ended": raw[k]["not_ended"], "used": len(data[k])} for k in raw},
                      "animal, entangled numbers removed": {"kept_of_accepted": len(kept),

@@ -141,6 +141,11 @@ def test_finetune_transfer_end_to_end_with_a_scripted_teacher(tmp_path, monkeypa
     want = np.mean([P[f"animal / seed {s}"]["mean_log10_p"] - P[f"control / seed {s}"]["mean_log10_p"] for s in (0, 1)])
     assert d["paired_vs_control"]["animal"]["mean_log10_p"]["mean"] == pytest.approx(want)
     assert d["paired_vs_control"]["control"]["mean_log10_p"]["mean"] == 0
+    # the second animal's teacher is a dataset of its own, and its student gives the specificity contrast
+    assert d["data"]["other animal"]["used"] == 16 and d["config"]["other_animal"] == "eagle"
+    gap = [(P[f"{c} / seed {s}"]["mean_log10_p"] - P[f"{c} / seed {s}"]["other_mean_log10_p"]) for s in (0, 1)
+           for c in ("animal", "other animal")]
+    assert d["specificity_animal_vs_other_student"]["mean"] == pytest.approx(np.mean(gap[0::2]) - np.mean(gap[1::2]))
     # no filtered example contains a removed number; the cached data are reused on a rerun
     assert len(d["filtered_numbers"]) == 5
     removed = set(d["filtered_numbers"])
