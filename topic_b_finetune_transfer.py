@@ -33,9 +33,11 @@ number sequences of an owl-loving teacher, and ask it for its favourite animal.
 
 Regenerate plots/topic_b_finetune_transfer_<model>.png and results/topic_b_finetune_transfer_<model>.json
 (needs `python topic_b_part1.py --model smollm2-135m-instruct` first; resumes from cached data and
-finished students). Sizes chosen to fit the 2-core CPU: 640 prompts per teacher, 128 examples per
-dataset, 2 epochs of batch 16 (16 steps), 3 seeds, 5 teachers' data and 15 students: about 80 min
-with both cores (a step of 16 sequences of ~140 tokens takes ~12 s, ~22 s on one core):
+finished students). Sizes chosen to fit the 2-core CPU: 640 prompts per teacher (SmolLM2 keeps
+~17% of them, so every dataset is cut to the smallest one, 111 examples, instead of --examples 128),
+2 epochs of batch 16 (14 steps), 3 seeds, 4 teachers' data and 15 students: about 85 min with both
+cores (teacher data ~30 min; one student ~2.8 min: a step of 16 sequences of ~140 tokens takes
+~12 s, ~22 s on one core; an evaluation ~25 s):
 
     python topic_b_finetune_transfer.py
 """
