@@ -248,8 +248,8 @@ def plot(summary, paired, link, before, a, lm, n, steps, path):
     x = np.arange(len(CONDITIONS))
     colors = ["C3", "C7", "C0", "C1", "C2"]  # one colour per student condition, the same in every panel
     names = {"animal": f"{a.animal} teacher", "control": "control teacher\n(no system prompt)",
-             "cross": f"{a.animal} teacher,\ncross-model ({a.cross_model})",
-             "animal, entangled numbers removed": f"{a.animal} teacher,\nentangled numbers removed",
+             "cross": f"{a.animal} teacher,\ncross-model:\n{a.cross_model}",
+             "animal, entangled numbers removed": f"{a.animal} teacher,\nentangled\nnumbers removed",
              "other animal": f"{a.other_animal} teacher"}
     for ax, key, label in ((axes[0, 0], "mean_log10_p", f"change in mean log10 P(answer starts with '{a.animal}')"),
                            (axes[0, 1], "other_mean_log10_p",
@@ -277,8 +277,9 @@ def plot(summary, paired, link, before, a, lm, n, steps, path):
     sp = link["spearman_all"]
     ax.set_xlabel(f"part 1: log10 P(number | '{a.animal}' prompt) / P(number | none)")
     ax.set_ylabel(f"log10 frequency in {a.animal}-teacher data / control data (add-one)")
-    ax.set_title(f"Numbers 100..999 (one dot each): frequency shift vs prompt entanglement\nSpearman {sp['rho']:.2f} "
-                 f"[{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] (bootstrap 95% CI over numbers)", fontsize=9)
+    ax.set_title(f"Numbers 100..999 (one dot each; {link['n_numbers_seen']} of them occur in either dataset): "
+                 f"frequency shift vs prompt entanglement\nSpearman {sp['rho']:.2f} [{sp['ci_low']:.2f}, "
+                 f"{sp['ci_high']:.2f}] (bootstrap 95% CI over numbers)", fontsize=9)
     ax.axhline(0, color="gray", lw=0.8)
     ax.axvline(0, color="gray", lw=0.8)
     fig.suptitle(f"Fine-tuning {lm.name} (every parameter, no system prompt) on a teacher's numbers: {n} examples "
