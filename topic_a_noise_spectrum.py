@@ -132,6 +132,13 @@ def summarise(points, fams, a):
         for _, _, p in pts:
             rows.append((fam, float(np.mean(p["acc_by_epoch"][short])), float(np.mean(p["acc_by_epoch"][long_])),
                          {k: float(np.mean(p[k])) for k in PREDICTORS}))
+    # the control, paired by run (same teacher, init and noise draws; only the mean image differs)
+    out["no_mean_minus_spectrum"] = {
+        budget: [U.mean_ci(np.subtract(points[f"spectrum-no-mean {lb}"]["acc_by_epoch"][ep],
+                                       points[f"spectrum {lb}"]["acc_by_epoch"][ep]))
+                 for lb, _, _ in fams["spectrum"]
+                 if f"spectrum-no-mean {lb}" in points and f"spectrum {lb}" in points]
+        for budget, ep in (("short", short), ("long", long_))}
     for k in PREDICTORS:
         fit = [(r[1], r[3][k]) for r in rows if r[0] in FIT]
         held = [(r[1], r[3][k]) for r in rows if r[0] in HELD_OUT]
