@@ -11,15 +11,22 @@ at every K; only the output rows differ). Students, all from the shared init:
 and the confound controls the takehome asks for:
   fixed aux ratio - aux-only student of a teacher with round(1.5 K) aux logits, so aux/total
                     logits stays 3/5 (its K=2 value) at every K instead of shrinking to 3/13;
+  fixed aux count - (--fixed-count N) aux-only student of a teacher with N aux logits at every K:
+                    with the fixed ratio beside it, the aux count and the aux share are told apart
+                    (the ratio control changes both);
+  cross-model     - (--cross-control) the aux-only student from another run's init (a derangement,
+                    as in A.1), distilled beside the others;
   accuracy relative to chance, (acc - 1/K) / (1 - 1/K), beside raw accuracy.
 The takehome's "dip at K=3" is checked with CIs and by rerunning K = 2, 3, 4 with another seed
 (new inits, teachers and noise).
 
 Regenerate plots/topic_a_num_classes.png and results/topic_a_num_classes.json (about 2 h on a
 2-core CPU with a 180 GFLOP/s sgemm at 25 runs, about 42 min at 10 runs; resumes finished points).
-The committed figure was made with 10 runs to fit the CPU budget:
+The committed figure was made with 10 runs and without the two opt-in controls, to fit the CPU
+budget; the full version (about 3 h on the 2-core CPU) adds them:
 
     python topic_a_num_classes.py --runs 10
+    python topic_a_num_classes.py --runs 25 --fixed-count 15 --cross-control
 """
 from __future__ import annotations
 
@@ -39,10 +46,19 @@ def parse_args(argv=None):
                    help="K values rerun with --seed + 1 to test the dip (default 2 3 4; empty skips)")
     g.add_argument("--no-controls", action="store_true",
                    help="skip the fixed-aux-ratio teachers and the real-image students")
+    g.add_argument("--fixed-count", type=int, default=0,
+                   help="aux logits of the fixed-aux-count control at every K (default 0: not run; the "
+                        "full version uses 15, the fixed ratio's count at K = 10)")
+    g.add_argument("--cross-control", action="store_true",
+                   help="add the cross-model aux-only student (another run's init) at every point")
     g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
     a = U.parse_common(p, argv)
     if any(not 2 <= k <= 10 for k in a.ks + a.dip_ks):
         p.error("K must be in 2..10")
+    if a.fixed_count < 0:
+        p.error("--fixed-count must be 0 (off) or a positive number of aux logits")
+    if a.cross_control and a.runs < 2:
+        p.error("--cross-control needs --runs >= 2 (a derangement pairs every run with another)")
     return a
 
 
@@ -61,7 +77,10 @@ def main(argv=None):
     sweep = U.Sweep(f"{a.results_dir}/topic_a_num_classes.json",
                     {"ks": a.ks, "dip_ks": a.dip_ks, "controls": not a.no_controls, "runs": a.runs,
                      "seed": a.seed, "teacher": S.tc_teacher.as_dict(), "student": S.tc_student.as_dict(),
-                     "data": S.data_desc}, a, S.t0)
+                     "data": S.data_desc,
+                     # opt-in controls enter the key only when on, so the committed 10-run file still resumes
+                     **({"fixed_count": a.fixed_count} if a.fixed_count else {}),
+                     **({"cross_control": True} if a.cross_control else {})}, a, S.t0)
     n_noise = len(S.train)  # noise images per epoch: the same number of steps at every K
 
     def teacher_k(k, n_aux=3, seed=a.seed):
@@ -76,6 +95,9 @@ def main(argv=None):
         test = test_full.classes(k)
         specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx),
                  U.StudentSpec("class only", ref, cfg.class_idx)]
+        if a.cross_control:
+            cross = ref.index(U.derangement(a.runs, U.generator(seed, "pairing")))
+            specs.append(U.StudentSpec("cross-model aux only", cross, cfg.aux_idx))
         res = U.distill_scores(teacher, specs, U.UniformNoise(seed, n_noise), S.tc_student, test,
                                not a.no_progress)
         res["teacher"] = {"acc": teacher.accuracy(test).tolist()}
@@ -94,6 +116,15 @@ def main(argv=None):
                 res.update(U.distill_scores(teacher2, [U.StudentSpec("fixed aux ratio", ref2, cfg2.aux_idx)],
                                             U.UniformNoise(seed, n_noise), S.tc_student, test, not a.no_progress))
             res["fixed aux ratio"]["n_aux"] = n_aux
+            if a.fixed_count:
+                if a.fixed_count == 3:
+                    res["fixed aux count"] = res["aux only"]
+                else:
+                    cfg3, _, ref3, teacher3 = teacher_k(k, a.fixed_count)
+                    res.update(U.distill_scores(teacher3, [U.StudentSpec("fixed aux count", ref3, cfg3.aux_idx)],
+                                                U.UniformNoise(seed, n_noise), S.tc_student, test,
+                                                not a.no_progress))
+                res["fixed aux count"]["n_aux"] = a.fixed_count
         for v in res.values():
             v["rel_chance"] = relative_to_chance(v["acc"], k)
         return res
@@ -115,15 +146,19 @@ def main(argv=None):
 def plot(summary, a):
     plt = U._plt()
     n = f"n = {a.runs} runs per point"
-    order = ["aux only", "all logits", "class only", "real, aux only", "fixed aux ratio"]
+    order = ["aux only", "all logits", "class only", "real, aux only", "fixed aux ratio", "fixed aux count",
+             "cross-model aux only"]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    colors = {"aux only": U.STUDENT_COLORS["aux only"], "all logits": U.STUDENT_COLORS["all logits"],
+              "class only": "tab:brown", "real, aux only": "tab:olive", "fixed aux ratio": "tab:cyan",
+              "fixed aux count": "tab:pink", "cross-model aux only": U.STUDENT_COLORS["cross-model aux only"]}
     acc = {k: v for k, v in ((o, summary["acc"].get(o)) for o in order) if v is not None}
     U.sweep_plot(a.ks, acc, None, "Test accuracy on digits 0..K-1", "number of classes K",
-                 chance=[1 / k for k in a.ks], ax=axes[0], n_label=n)
+                 chance=[1 / k for k in a.ks], ax=axes[0], n_label=n, colors=colors)
     rel = {k: v for k, v in ((o, summary["rel_chance"].get(o)) for o in order) if v is not None}
     U.sweep_plot(a.ks, rel, None, "Accuracy relative to chance, (acc - 1/K) / (1 - 1/K)",
                  "number of classes K", ylabel="accuracy above chance (0 = chance, 1 = perfect)",
-                 chance=0.0, ax=axes[1], n_label=n)
+                 chance=0.0, ax=axes[1], n_label=n, colors=colors)
     ax = axes[2]  # the two seeds side by side per K, one colour per student, no overlapping bands
     dx = {a.seed: -0.12, a.seed + 1: 0.12}
     for i, s in enumerate(NOISE_STUDENTS):

@@ -1466,8 +1466,9 @@ def student_color(name: str) -> str | None:
 
 def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, xlabel: str,
                ylabel: str = "MNIST test accuracy", chance=None, logx: bool = False,
-               n_label: str | None = None, ax=None, markers: bool = True) -> None:
-    """Line per series: mean over runs at each x, shaded band = t-based 95% CI."""
+               n_label: str | None = None, ax=None, markers: bool = True, colors: dict | None = None) -> None:
+    """Line per series: mean over runs at each x, shaded band = t-based 95% CI. ``colors`` (series
+    name -> colour) overrides the student-type palette."""
     plt = _plt()
     own = ax is None
     if own:
@@ -1475,6 +1476,8 @@ def sweep_plot(x, series: dict[str, list[dict]], path: str | Path, title: str, x
     palette = [student_color(name) for name in series]  # one colour per student type, when they are distinct
     if None in palette or len(set(palette)) < len(palette):
         palette = [f"C{i}" for i in range(len(series))]
+    if colors:
+        palette = [colors.get(name, c) for name, c in zip(series, palette)]
     for (name, pts), color in zip(series.items(), palette):
         m = np.array([p["mean"] for p in pts])
         lo = np.array([p["ci_low"] for p in pts])

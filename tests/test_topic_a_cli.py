@@ -88,7 +88,7 @@ TINY = ["--runs", "2", "--n-train", "1024", "--n-test", "300", "--teacher-epochs
 STEP2 = {
     "topic_a_shared_init_perturb.py": (["--scales", "0", "0.4"], ["summary", "similarity", "reference_vs_teacher"]),
     "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
-    "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3"], ["summary"]),
+    "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3", "--fixed-count", "4", "--cross-control"], ["summary"]),
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
     "topic_a_factors.py": (["--factors", "aux", "dataset"], ["summary", "aux_over_bound"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
