@@ -11,13 +11,18 @@ Adam 3e-4, KL), with a teacher per point trained from that point's own seeded in
   dataset  MNIST vs Fashion-MNIST (teacher trained and students tested on the dataset; the
            students still see only uniform noise).
 Per point: teacher, reference (untrained init), aux-only and all-logits students, and the bound
-on any aux-only student (teacher hidden layers + init digit rows; see topic_a_mechanism.py).
+on any aux-only student (teacher hidden layers + init digit rows; see topic_a_mechanism.py); with
+--cross-control also the cross-model control (the aux-only student from another run's init, a
+derangement as in A.1). Paired differences between neighbouring values of each factor (x[i+1] minus
+x[i], run r against run r): the runs share their seeds (init generator, data order, noise draws),
+though where the shapes differ not the init values themselves.
 
 Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (about 25 min on the 2-core
 CPU at 5 runs; resumes finished points). The committed figure uses 5 runs
-to fit the CPU budget:
+to fit the CPU budget; the full version (about 2.5 h on the 2-core CPU at 10 runs) adds the controls:
 
     python topic_a_factors.py --runs 5
+    python topic_a_factors.py --runs 10 --cross-control
 """
 from __future__ import annotations
 
@@ -38,14 +43,22 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_a_factors.py")
     g.add_argument("--factors", nargs="+", choices=FACTORS, default=list(FACTORS),
                    help="which factors to sweep (default all)")
+    g.add_argument("--cross-control", action="store_true",
+                   help="add the cross-model aux-only student (another run's init) at every point")
     g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
-    return U.parse_common(p, argv)
+    a = U.parse_common(p, argv)
+    if a.cross_control and a.runs < 2:
+        p.error("--cross-control needs --runs >= 2 (a derangement pairs every run with another)")
+    return a
 
 
 def point(S: U.Setup, cfg: U.MLPConfig, train: U.Dataset, test: U.Dataset, desc: dict) -> dict:
     a = S.args
     ref, teacher = U.setup_teacher(S, cfg, train, desc)
     specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx)]
+    if a.cross_control:
+        specs.append(U.StudentSpec("cross-model aux only", ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing"))),
+                                   cfg.aux_idx))
     return U.scores_with_bound(ref, teacher, specs, U.UniformNoise(a.seed, len(train)), S.tc_student, test,
                                not a.no_progress)
 
@@ -62,7 +75,8 @@ def main(argv=None):
     S = U.setup(a)
     sweep = U.Sweep(f"{a.results_dir}/topic_a_factors.json",
                     {"runs": a.runs, "seed": a.seed, "teacher": S.tc_teacher.as_dict(),
-                     "student": S.tc_student.as_dict(), "data": S.data_desc}, a, S.t0)
+                     "student": S.tc_student.as_dict(), "data": S.data_desc,
+                     **({"cross_control": True} if a.cross_control else {})}, a, S.t0)
     xs = {"width": WIDTHS, "aux": AUX, "depth": DEPTHS, "dataset": DATASETS}
 
     def name(f, x):  # the baseline point is shared by every factor
@@ -80,12 +94,21 @@ def main(argv=None):
                    "depth": lambda d: U.MLPConfig(hidden=(256,) * d)}[f](x)
             sweep.run(name(f, x), lambda: point(S, cfg, S.train, S.test, S.data_desc))
     P = sweep.points
-    summary = {f: {s: [U.mean_ci(P[name(f, x)][s]["acc"]) for x in xs[f]] for s in SERIES}
+    series = SERIES + (("cross-model aux only",) if a.cross_control else ())
+    summary = {f: {s: [U.mean_ci(P[name(f, x)][s]["acc"]) for x in xs[f]] for s in series}
                for f in a.factors}
+    # neighbouring values, run r against run r (shared seeds): "x[i+1] - x[i]" per student
+    paired = {f: {s: {f"{x1} - {x0}": U.mean_ci(np.subtract(P[name(f, x1)][s]["acc"], P[name(f, x0)][s]["acc"]))
+                      for x0, x1 in zip(xs[f], xs[f][1:])} for s in ("aux only", "bound")}
+              for f in a.factors}
     summary_ratio = {f: [U.mean_ci([st / t for st, t in zip(P[name(f, x)]["aux only"]["acc"],
                                                            P[name(f, x)]["bound"]["acc"])]) for x in xs[f]]
                      for f in a.factors}
-    sweep.save(summary=summary, aux_over_bound=summary_ratio, peak_rss_mb=round(U.peak_rss_mb()))
+    sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired,
+               peak_rss_mb=round(U.peak_rss_mb()))
+    for f in a.factors:
+        for k, v in paired[f]["aux only"].items():
+            print(f"{f} {k}: aux only {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] (paired, n = {v['n']})")
     plot(summary, xs, a)
 
 

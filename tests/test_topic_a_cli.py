@@ -90,7 +90,7 @@ STEP2 = {
     "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
     "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3", "--fixed-count", "4", "--cross-control"], ["summary"]),
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
-    "topic_a_factors.py": (["--factors", "aux", "dataset"], ["summary", "aux_over_bound"]),
+    "topic_a_factors.py": (["--factors", "aux", "dataset", "--cross-control"], ["summary", "aux_over_bound", "paired_neighbours"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
     "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
     "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
