@@ -173,7 +173,8 @@ def plot_results(summary, a):
     for ax, (fam, v) in zip(axes.flat, fams.items()):
         U.sweep_plot(v["x"], {f"{a.student_epochs} epochs": v["short"], f"{a.epochs} epochs": v["long"]}, None,
                      titles[fam], xlabels[fam], chance=0.1, ax=ax, n_label=n,
-                     logx=fam in ("variance", "subspace"))
+                     logx=fam in ("variance", "subspace"),  # both are the aux-only student: two blues
+                     colors={f"{a.student_epochs} epochs": "#7fb8e0", f"{a.epochs} epochs": U.STUDENT_COLORS["aux only"]})
         ax.set_xticks(v["x"])
         ax.set_xticklabels([f"{x:g}" for x in v["x"]])
         ax.set_ylim(0, 1)
