@@ -57,7 +57,7 @@ def point(S: U.Setup, cfg: U.MLPConfig, train: U.Dataset, test: U.Dataset, desc:
     ref, teacher = U.setup_teacher(S, cfg, train, desc)
     specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx)]
     if a.cross_control:
-        specs.append(U.StudentSpec("cross-model aux only", ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing"))),
+        specs.append(U.StudentSpec("cross-model aux only", U.cross_model_init(ref, a.runs, a.seed),
                                    cfg.aux_idx))
     return U.scores_with_bound(ref, teacher, specs, U.UniformNoise(a.seed, len(train)), S.tc_student, test,
                                not a.no_progress)

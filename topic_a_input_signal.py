@@ -73,7 +73,7 @@ def main(argv=None):
     ref, teacher = U.setup_teacher(S, cfg)
     sigma = S.train.x.std(0)  # per-pixel std of the training set
     sigma_rms = float(sigma.pow(2).mean().sqrt())
-    cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+    cross = U.cross_model_init(ref, a.runs, a.seed)
     students = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx),
                 U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)]
     sweep = U.Sweep(f"{a.results_dir}/topic_a_input_signal.json",

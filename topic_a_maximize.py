@@ -110,7 +110,7 @@ def run_config(S: U.Setup, name: str, runs: int, curve: bool = True, cross: bool
     cb = (lambda ep, ms: per_epoch.append(ms["aux only"].accuracy(S.test).tolist())) if curve else None
     specs = [U.StudentSpec("aux only", ref, cfg.aux_idx)]
     if cross:
-        specs.append(U.StudentSpec("cross-model aux only", ref.index(U.derangement(runs, U.generator(a.seed, "pairing"))),
+        specs.append(U.StudentSpec("cross-model aux only", U.cross_model_init(ref, runs, a.seed),
                                    cfg.aux_idx))
     out = U.distill(teacher, specs, source_for(c, a.seed, len(S.train)), tc_s, kind=c["loss"],
                     temperature=c["temperature"], progress=not a.no_progress, callback=cb, schedule=c["schedule"])

@@ -96,7 +96,7 @@ def main(argv=None):
         specs = [U.StudentSpec("aux only", ref, cfg.aux_idx), U.StudentSpec("all logits", ref, cfg.all_idx),
                  U.StudentSpec("class only", ref, cfg.class_idx)]
         if a.cross_control:
-            cross = ref.index(U.derangement(a.runs, U.generator(seed, "pairing")))
+            cross = U.cross_model_init(ref, a.runs, seed)
             specs.append(U.StudentSpec("cross-model aux only", cross, cfg.aux_idx))
         res = U.distill_scores(teacher, specs, U.UniformNoise(seed, n_noise), S.tc_student, test,
                                not a.no_progress)

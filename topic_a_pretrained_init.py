@@ -62,7 +62,7 @@ def main(argv=None):
                                      not a.no_progress, desc="pretrain")
         teacher = U.train_classifier(ref, U.RealImages(S.train, a.seed, "teacher-order"), S.tc_teacher,
                                      not a.no_progress)
-        cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+        cross = U.cross_model_init(ref, a.runs, a.seed)
         res = U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx),
                                                  U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)],
                                   U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)

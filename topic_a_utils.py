@@ -300,6 +300,12 @@ def derangement(n: int, gen: torch.Generator) -> torch.Tensor:
             return p.cpu()
 
 
+def cross_model_init(ref: "Ensemble", n_runs: int, seed: int) -> "Ensemble":
+    """The cross-model control's init: run i starts from another run's reference (a seeded
+    derangement, as in A.1), so no student shares its teacher's init."""
+    return ref.index(derangement(n_runs, generator(seed, "pairing")))
+
+
 def permutation(n: int, gen: torch.Generator) -> torch.Tensor:
     """A uniformly random permutation (the circulating code's pairing: may have fixed points)."""
     return torch.randperm(n, generator=gen, device=gen.device).cpu()

@@ -40,7 +40,7 @@ def main(argv=None):
     def point(m):
         cfg = U.MLPConfig(hidden=(a.hidden, a.hidden), n_aux=m)
         ref, teacher = U.setup_teacher(S, cfg)
-        cross = ref.index(U.derangement(a.runs, U.generator(a.seed, "pairing")))
+        cross = U.cross_model_init(ref, a.runs, a.seed)
         return U.scores_with_bound(ref, teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx),
                                                   U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)],
                                    U.UniformNoise(a.seed, len(S.train)), S.tc_student, S.test, not a.no_progress)
