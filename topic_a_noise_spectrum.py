@@ -10,19 +10,21 @@ One script, one distillation-input mechanism (topic_a_utils input sources), five
              noise with the same power spectrum): the control for the explanation that the mean image
              is what makes spectrum-matched noise fail (not used to choose or test the predictor);
 and a figure of the radial power spectra of these families (--study spectra, no training).
-Every point distils an aux-only student from the same cached teacher as topic_a.py and records
-its test accuracy after every epoch, so one run gives both the takehome's 5-epoch budget and a
+Every point distils an aux-only student from the same cached teacher as topic_a.py, and beside it
+in the same batches the cross-model control (the aux-only student from another run's init, a
+derangement as in A.1), and records both test accuracies after every epoch, so one run gives both the takehome's 5-epoch budget and a
 longer one (--epochs, default 20; Adam at a constant learning rate, so the first 5 epochs are
 exactly the 5-epoch run). Per point we also measure candidate predictors on 5000 inputs: the
 effective dimension of the inputs (PCA-95% and participation ratio), the participation ratio of
 the teacher's last hidden layer on them, and the teacher's aux-digit logit coupling (R^2).
 The predictor is chosen on the variance/blur/subspace families and tested on spectrum/blurred.
 
-Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json. The committed
-figure used 3 runs and 12 epochs to fit the CPU budget (about 30 min on one core; at 25 runs and 20
-epochs about 2.5 h on the 2-core CPU, minutes on a GPU); resumes finished points:
+Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json (10 runs and
+20 epochs with the control: about 15 min per point on one core, 24 points; minutes on a GPU);
+resumes finished points. The earlier 3-run, 12-epoch sweep without the control is kept as
+results/topic_a_noise_spectrum_3runs.json:
 
-    python topic_a_noise_spectrum.py --runs 3 --epochs 12 --study all
+    python topic_a_noise_spectrum.py --runs 10 --epochs 20 --study all
     python topic_a_noise_spectrum.py --study spectra      # the spectra figure alone, seconds
 """
 from __future__ import annotations
@@ -53,6 +55,8 @@ def parse_args(argv=None):
     a = U.parse_common(p, argv)
     if a.epochs < a.student_epochs:
         p.error("--epochs must be at least --student-epochs (the short budget is read off the long run)")
+    if a.runs < 2 and a.study != "spectra":
+        p.error("--runs must be at least 2: the cross-model control pairs every run with another")
     return a
 
 
@@ -84,6 +88,7 @@ def main(argv=None):
         return plot_spectra(S, fams, a)
     cfg = U.MLPConfig()
     ref, teacher = U.setup_teacher(S, cfg)
+    cross = U.cross_model_init(ref, a.runs, a.seed)
     tc = U.TrainConfig(a.epochs, a.lr, a.batch_size)
     sweep = U.Sweep(f"{a.results_dir}/topic_a_noise_spectrum.json",
                     {"runs": a.runs, "seed": a.seed, "teacher": S.tc_teacher.as_dict(), "epochs": a.epochs,
@@ -92,13 +97,17 @@ def main(argv=None):
     for fam in todo:
         for label, xval, src in fams[fam]:
             def point(src=src):
-                curve = []
-                U.distill(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx)], src, tc,
-                          progress=not a.no_progress,
-                          callback=lambda ep, ms: curve.append(ms["aux only"].accuracy(S.test).tolist()))
+                curve, cross_curve = [], []
+
+                def record(ep, ms):
+                    curve.append(ms["aux only"].accuracy(S.test).tolist())
+                    cross_curve.append(ms["cross-model aux only"].accuracy(S.test).tolist())
+                U.distill(teacher, [U.StudentSpec("aux only", ref, cfg.aux_idx),
+                                    U.StudentSpec("cross-model aux only", cross, cfg.aux_idx)], src, tc,
+                          progress=not a.no_progress, callback=record)
                 x = U.first_batch(src, a.runs, a.n_measure)
                 h2 = teacher.activations(x)[-2]
-                return {"acc_by_epoch": curve, "effective_dim_95": U.effective_dim(x),
+                return {"acc_by_epoch": curve, "cross_acc_by_epoch": cross_curve, "effective_dim_95": U.effective_dim(x),
                         "participation_ratio": U.participation_ratio(x),
                         "teacher_h2_participation_ratio": float(np.mean([U.participation_ratio(h2[r])
                                                                          for r in range(min(5, a.runs))])),
@@ -128,6 +137,11 @@ def summarise(points, fams, a):
             "x": [x for _, x, _ in pts], "labels": [lb for lb, _, _ in pts],
             "short": [U.mean_ci(p["acc_by_epoch"][short]) for _, _, p in pts],
             "long": [U.mean_ci(p["acc_by_epoch"][long_]) for _, _, p in pts],
+            # the cross-model control and the student minus it, paired by run (same teacher and inputs)
+            **{f"cross_{b}": [U.mean_ci(p["cross_acc_by_epoch"][ep]) for _, _, p in pts]
+               for b, ep in (("short", short), ("long", long_))},
+            **{f"aux_minus_cross_{b}": [U.mean_ci(np.subtract(p["acc_by_epoch"][ep], p["cross_acc_by_epoch"][ep]))
+                                        for _, _, p in pts] for b, ep in (("short", short), ("long", long_))},
             **{k: [float(np.mean(p[k])) for _, _, p in pts] for k in PREDICTORS}}
         for _, _, p in pts:
             rows.append((fam, float(np.mean(p["acc_by_epoch"][short])), float(np.mean(p["acc_by_epoch"][long_])),
@@ -171,10 +185,15 @@ def plot_results(summary, a):
                "blurred": "blur sigma of the MNIST images",
                "spectrum-no-mean": "blur sigma of the MNIST images whose spectrum is copied"}
     for ax, (fam, v) in zip(axes.flat, fams.items()):
-        U.sweep_plot(v["x"], {f"{a.student_epochs} epochs": v["short"], f"{a.epochs} epochs": v["long"]}, None,
+        se, le = f"{a.student_epochs} epochs", f"{a.epochs} epochs"
+        U.sweep_plot(v["x"], {f"aux only, {se}": v["short"], f"aux only, {le}": v["long"],
+                              f"cross-model control, {se}": v["cross_short"],
+                              f"cross-model control, {le}": v["cross_long"]}, None,
                      titles[fam], xlabels[fam], chance=0.1, ax=ax, n_label=n,
-                     logx=fam in ("variance", "subspace"),  # both are the aux-only student: two blues
-                     colors={f"{a.student_epochs} epochs": "#7fb8e0", f"{a.epochs} epochs": U.STUDENT_COLORS["aux only"]})
+                     logx=fam in ("variance", "subspace"),  # one student type, two budgets: two shades
+                     colors={f"aux only, {se}": "#7fb8e0", f"aux only, {le}": U.STUDENT_COLORS["aux only"],
+                             f"cross-model control, {se}": "#f4a6a6",
+                             f"cross-model control, {le}": U.STUDENT_COLORS["cross-model aux only"]})
         ax.set_xticks(v["x"])
         ax.set_xticklabels([f"{x:g}" for x in v["x"]])
         ax.set_ylim(0, 1)
@@ -191,7 +210,7 @@ def plot_results(summary, a):
                  f"Spearman: {txt}", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.suptitle(f"Aux-only student accuracy by distillation-input family (MNIST MLP 784-256-256-(10+3), teacher "
+    fig.suptitle(f"Aux-only student and its cross-model control by distillation-input family (MNIST MLP 784-256-256-(10+3), teacher "
                  f"{a.teacher_epochs} epochs; student at {a.student_epochs} and {a.epochs} epochs of 60000 inputs)",
                  fontsize=11)
     fig.tight_layout()

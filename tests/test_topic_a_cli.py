@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -146,3 +147,24 @@ def test_maximize_frozen_head_teacher_makes_the_bound_the_teacher(tmp_path, mnis
                     "--plots-dir", str(tmp_path)], script="topic_a_maximize.py")
     s = json.loads((tmp_path / "topic_a_maximize_takehome_baseline.json").read_text())["summary"]
     assert s["bound (teacher body + init digit head)"]["per_run"] != s["teacher"]["per_run"]
+
+
+def test_noise_spectrum_control_is_distilled_beside_every_point(tmp_path, mnist_dir):
+    """A.8: the cross-model control is scored after every epoch at every point, and the summary pairs
+    the aux-only student with it run by run."""
+    args = [*TINY, "--study", "spectrum-no-mean", "--epochs", "2", "--n-measure", "500", "--data-dir", mnist_dir,
+            "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path)]
+    r = run_script(args, script="topic_a_noise_spectrum.py")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "topic_a_noise_spectrum.json").read_text())
+    assert len(res["points"]) == 3
+    for p in res["points"].values():
+        assert len(p["cross_acc_by_epoch"]) == 2 and all(len(e) == 2 for e in p["cross_acc_by_epoch"])
+        assert p["cross_acc_by_epoch"] != p["acc_by_epoch"]  # another student, not a copy
+    fam = res["summary"]["families"]["spectrum-no-mean"]
+    for i, p in enumerate(res["points"].values()):
+        d = np.subtract(p["acc_by_epoch"][-1], p["cross_acc_by_epoch"][-1])
+        assert fam["aux_minus_cross_long"][i]["mean"] == pytest.approx(d.mean())
+        assert fam["cross_long"][i]["mean"] == pytest.approx(np.mean(p["cross_acc_by_epoch"][-1]))
+    one = run_script(["--runs", "1", "--study", "spectrum"], script="topic_a_noise_spectrum.py")
+    assert one.returncode == 2 and "at least 2" in one.stderr and "Traceback" not in one.stderr
