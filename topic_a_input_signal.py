@@ -112,7 +112,13 @@ def main(argv=None):
             "minus_real_mixture": {f"alpha={x:g}": {s: U.mean_ci(np.subtract(
                 P[f"alpha={x:g} mean image + noise"][s]["acc"], P[f"alpha={x:g}"][s]["acc"])) for s in STUDENTS}
                 for x in a.control_alphas if f"alpha={x:g}" in P},
+            "aux_minus_cross": [U.mean_ci(np.subtract(P[f"alpha={x:g} mean image + noise"]["aux only"]["acc"],
+                                                      P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"]))
+                                for x in a.control_alphas],
             "effective_dim_95": [P[f"alpha={x:g} mean image + noise"]["effective_dim_95"] for x in a.control_alphas]},
+        # the subliminal effect over its control, paired by run (same teacher and inputs, other init)
+        "aux_minus_cross": [U.mean_ci(np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"]))
+                            for p in main_pts],
         "coupling": {m: [U.mean_ci(p["coupling"][m]) for p in main_pts] for m in ("mean_abs_r", "r2")},
         "effective_dim_95": [p["effective_dim_95"] for p in main_pts],
         "participation_ratio": [p["participation_ratio"] for p in main_pts],

@@ -112,6 +112,11 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
         for v in point.values():
             if isinstance(v, dict) and "acc" in v:
                 assert len(v["acc"]) == 2 and all(0 <= x <= 1 for x in v["acc"])
+    if script == "topic_a_input_signal.py":  # the student minus its cross-model control, paired by run
+        for i, alpha in enumerate(("0", "1")):
+            p = res["points"][f"alpha={alpha}"]
+            d = np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"])
+            assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
     r2 = run_script(args, script=script)  # second run: every point comes from disk
     assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
     assert json.loads((tmp_path / f"{name}.json").read_text())["points"] == res["points"]
