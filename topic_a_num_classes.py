@@ -139,8 +139,34 @@ def main(argv=None):
     summary = {m: {n: [U.mean_ci(P[f"K={k}"][n][m]) for k in a.ks] for n in names} for m in ("acc", "rel_chance")}
     summary["dip_rerun"] = {n: [U.mean_ci(P[f"K={k} seed={a.seed + 1}"][n]["acc"]) for k in a.dip_ks]
                             for n in NOISE_STUDENTS}
+    summary["paired"] = paired_differences(P, a)
     sweep.save(summary=summary, peak_rss_mb=round(U.peak_rss_mb()))
     plot(summary, a)
+
+
+def paired_differences(P, a) -> dict:
+    """Differences run by run between students that share their hidden-layer init draw (every
+    student and teacher at every K starts from the same seeded draw; only output rows differ):
+    per K, the student minus its cross-model control, the fixed aux count minus the fixed ratio and
+    minus 3 aux logits, and each K minus K = ks[0] for the aux-only and fixed-count students;
+    for the dip, K = 3 minus its neighbours in both seeds."""
+    def diff(p, q):
+        return U.mean_ci(np.subtract(p["acc"], q["acc"]))
+    pts = [P[f"K={k}"] for k in a.ks]
+    out = {}
+    for x, y in (("aux only", "cross-model aux only"), ("fixed aux count", "fixed aux ratio"),
+                 ("fixed aux count", "aux only"), ("fixed aux ratio", "aux only")):
+        if x in pts[0] and y in pts[0]:
+            out[f"{x} - {y}"] = [diff(p[x], p[y]) for p in pts]
+    for x in ("aux only", "fixed aux count", "fixed aux ratio"):
+        if x in pts[0]:
+            out[f"{x}: K - K={a.ks[0]}"] = [diff(p[x], pts[0][x]) for p in pts]
+    if {2, 3, 4} <= set(a.dip_ks) and {2, 3, 4} <= set(a.ks):
+        out["dip"] = {}
+        for seed, name in ((a.seed, "K={}"), (a.seed + 1, "K={} seed=" + str(a.seed + 1))):
+            out["dip"][f"seed {seed}"] = {s: {f"3 - {k}": diff(P[name.format(3)][s], P[name.format(k)][s])
+                                              for k in (2, 4)} for s in NOISE_STUDENTS}
+    return out
 
 
 def plot(summary, a):

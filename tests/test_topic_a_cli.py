@@ -117,6 +117,15 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             p = res["points"][f"alpha={alpha}"]
             d = np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"])
             assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
+    if script == "topic_a_num_classes.py":  # paired differences, run by run, per K
+        pd = res["summary"]["paired"]
+        for i, k in enumerate((2, 3)):
+            p = res["points"][f"K={k}"]
+            for x, y in (("fixed aux count", "fixed aux ratio"), ("aux only", "cross-model aux only")):
+                assert pd[f"{x} - {y}"][i]["mean"] == pytest.approx(np.mean(np.subtract(p[x]["acc"], p[y]["acc"])))
+            assert pd["aux only: K - K=2"][i]["mean"] == pytest.approx(
+                np.mean(np.subtract(p["aux only"]["acc"], res["points"]["K=2"]["aux only"]["acc"])))
+        assert pd["aux only: K - K=2"][0]["mean"] == 0
     r2 = run_script(args, script=script)  # second run: every point comes from disk
     assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
     assert json.loads((tmp_path / f"{name}.json").read_text())["points"] == res["points"]
@@ -173,3 +182,23 @@ def test_noise_spectrum_control_is_distilled_beside_every_point(tmp_path, mnist_
         assert fam["cross_long"][i]["mean"] == pytest.approx(np.mean(p["cross_acc_by_epoch"][-1]))
     one = run_script(["--runs", "1", "--study", "spectrum"], script="topic_a_noise_spectrum.py")
     assert one.returncode == 2 and "at least 2" in one.stderr and "Traceback" not in one.stderr
+
+
+def test_num_classes_dip_differences_are_paired_by_run():
+    """A.5's dip contrast: K = 3 minus K = 2 and K = 4, run by run, in each seed."""
+    import argparse
+    import topic_a_num_classes as A5
+    rng = np.random.default_rng(0)
+    students = ("aux only", "all logits", "class only")
+    P = {name: {s: {"acc": rng.uniform(0, 1, 4).tolist()} for s in students}
+         for k in (2, 3, 4) for name in (f"K={k}", f"K={k} seed=8")}
+    a = argparse.Namespace(ks=[2, 3, 4], dip_ks=[2, 3, 4], seed=7)
+    out = A5.paired_differences(P, a)
+    for seed, fmt in (("seed 7", "K={}"), ("seed 8", "K={} seed=8")):
+        for s in students:
+            for k in (2, 4):
+                want = np.subtract(P[fmt.format(3)][s]["acc"], P[fmt.format(k)][s]["acc"])
+                got = out["dip"][seed][s][f"3 - {k}"]
+                assert got["mean"] == pytest.approx(want.mean()) and got["n"] == 4
+                assert got["std"] == pytest.approx(want.std(ddof=1))  # paired: the spread of differences
+    assert out["aux only: K - K=2"][0]["mean"] == 0 and "fixed aux count - aux only" not in out
