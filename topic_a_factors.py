@@ -104,7 +104,11 @@ def main(argv=None):
     summary_ratio = {f: [U.mean_ci([st / t for st, t in zip(P[name(f, x)]["aux only"]["acc"],
                                                            P[name(f, x)]["bound"]["acc"])]) for x in xs[f]]
                      for f in a.factors}
-    sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired,
+    # the aux-only student over its cross-model control, run by run (same teacher and noise)
+    extra = {"aux_minus_cross": {f: [U.mean_ci(np.subtract(P[name(f, x)]["aux only"]["acc"],
+                                                           P[name(f, x)]["cross-model aux only"]["acc"]))
+                                     for x in xs[f]] for f in a.factors}} if a.cross_control else {}
+    sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired, **extra,
                peak_rss_mb=round(U.peak_rss_mb()))
     for f in a.factors:
         for k, v in paired[f]["aux only"].items():

@@ -91,7 +91,8 @@ STEP2 = {
     "topic_a_input_signal.py": (["--alphas", "0", "1", "--dims", "8", "--dim-alphas", "0.5"], ["summary"]),
     "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3", "--fixed-count", "4", "--cross-control"], ["summary"]),
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
-    "topic_a_factors.py": (["--factors", "aux", "dataset", "--cross-control"], ["summary", "aux_over_bound", "paired_neighbours"]),
+    "topic_a_factors.py": (["--factors", "aux", "dataset", "--cross-control"],
+                           ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
     "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
     "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
@@ -126,6 +127,10 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             assert pd["aux only: K - K=2"][i]["mean"] == pytest.approx(
                 np.mean(np.subtract(p["aux only"]["acc"], res["points"]["K=2"]["aux only"]["acc"])))
         assert pd["aux only: K - K=2"][0]["mean"] == 0
+    if script == "topic_a_factors.py":
+        p = res["points"]["aux=10"]
+        assert res["aux_minus_cross"]["aux"][2]["mean"] == pytest.approx(
+            np.mean(np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"])))
     r2 = run_script(args, script=script)  # second run: every point comes from disk
     assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
     assert json.loads((tmp_path / f"{name}.json").read_text())["points"] == res["points"]
