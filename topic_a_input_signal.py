@@ -20,8 +20,9 @@ x = alpha * (MNIST mean image) + sqrt(alpha^2 + (1 - alpha)^2) * N(0, sigma_pixe
 same per-pixel mean and per-pixel variance (so the same energy) as the alpha mixture, but none of
 the digits' correlations between pixels.
 
-Regenerate plots/topic_a_input_signal.png and results/topic_a_input_signal.json (about 70 min on
-the 2-core CPU at 25 runs; resumes finished points):
+Regenerate plots/topic_a_input_signal.png and results/topic_a_input_signal.json (25 runs: 7-10 min
+per point on one core of the 2-core CPU, 13 points, about 1.8 h; resumes finished points, so a rerun
+after a code change to the summary or figure takes seconds):
 
     python topic_a_input_signal.py --runs 25
 """
@@ -112,6 +113,11 @@ def main(argv=None):
             "minus_real_mixture": {f"alpha={x:g}": {s: U.mean_ci(np.subtract(
                 P[f"alpha={x:g} mean image + noise"][s]["acc"], P[f"alpha={x:g}"][s]["acc"])) for s in STUDENTS}
                 for x in a.control_alphas if f"alpha={x:g}" in P},
+            # against zero-mean noise with the per-pixel sigma (alphas[0] = 0): at alpha = 1 the two
+            # inputs differ only by the mean image, at other alphas also by the noise scale
+            "minus_first_alpha": {s: [U.mean_ci(np.subtract(P[f"alpha={x:g} mean image + noise"][s]["acc"],
+                                                            main_pts[0][s]["acc"])) for x in a.control_alphas]
+                                  for s in STUDENTS},
             "aux_minus_cross": [U.mean_ci(np.subtract(P[f"alpha={x:g} mean image + noise"]["aux only"]["acc"],
                                                       P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"]))
                                 for x in a.control_alphas],
@@ -119,6 +125,9 @@ def main(argv=None):
         # the subliminal effect over its control, paired by run (same teacher and inputs, other init)
         "aux_minus_cross": [U.mean_ci(np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"]))
                             for p in main_pts],
+        # each alpha against alpha = alphas[0], run by run (same inits and teacher)
+        "minus_first_alpha": {s: [U.mean_ci(np.subtract(p[s]["acc"], main_pts[0][s]["acc"])) for p in main_pts]
+                              for s in STUDENTS},
         "coupling": {m: [U.mean_ci(p["coupling"][m]) for p in main_pts] for m in ("mean_abs_r", "r2")},
         "effective_dim_95": [p["effective_dim_95"] for p in main_pts],
         "participation_ratio": [p["participation_ratio"] for p in main_pts],
@@ -150,10 +159,12 @@ def plot(summary, a):
     U.sweep_plot(a.alphas, {"mean |r| over aux x digit logit pairs": summary["coupling"]["mean_abs_r"],
                             "R^2 of digit logits on aux logits": summary["coupling"]["r2"]}, None,
                  "Teacher: coupling of aux and digit logits on the inputs", "alpha",
-                 ylabel="coupling", ax=axes[0, 1], n_label=n)
+                 ylabel="coupling", ax=axes[0, 1], n_label=n,  # not students: colours outside the student palette
+                 colors={"mean |r| over aux x digit logit pairs": "tab:brown",
+                         "R^2 of digit logits on aux logits": "tab:olive"})
     ax = axes[1, 0]
-    ax.plot(a.alphas, summary["effective_dim_95"], "o-", label="PCA components for 95% variance")
-    ax.plot(a.alphas, summary["participation_ratio"], "s--", label="participation ratio")
+    ax.plot(a.alphas, summary["effective_dim_95"], "o-", color="#444444", label="PCA components for 95% variance")
+    ax.plot(a.alphas, summary["participation_ratio"], "s--", color="tab:cyan", label="participation ratio")
     ax.set_yscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel("effective dimension of the inputs")

@@ -118,6 +118,8 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             p = res["points"][f"alpha={alpha}"]
             d = np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"])
             assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
+        d1 = np.subtract(res["points"]["alpha=1"]["aux only"]["acc"], res["points"]["alpha=0"]["aux only"]["acc"])
+        assert res["summary"]["minus_first_alpha"]["aux only"][1]["mean"] == pytest.approx(d1.mean())
     if script == "topic_a_num_classes.py":  # paired differences, run by run, per K
         pd = res["summary"]["paired"]
         for i, k in enumerate((2, 3)):
