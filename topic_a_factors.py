@@ -17,11 +17,10 @@ derangement as in A.1). Paired differences between neighbouring values of each f
 x[i], run r against run r): the runs share their seeds (init generator, data order, noise draws),
 though where the shapes differ not the init values themselves.
 
-Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (about 25 min on the 2-core
-CPU at 5 runs; resumes finished points). The committed figure uses 5 runs
-to fit the CPU budget; the full version (about 2.5 h on the 2-core CPU at 10 runs) adds the controls:
+Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (10 runs with the control:
+about 45 min on one core of the 2-core CPU; resumes finished points). The earlier 5-run sweep
+without the control is kept as results/topic_a_factors_5runs.json:
 
-    python topic_a_factors.py --runs 5
     python topic_a_factors.py --runs 10 --cross-control
 """
 from __future__ import annotations
