@@ -1153,16 +1153,47 @@ def scores_with_bound(ref: Ensemble, teacher: Ensemble, students: Sequence[Stude
 class Sweep:
     """A resumable sweep: each finished point is written (atomically) to one JSON file together
     with the sweep's configuration key; rerunning the same configuration skips finished points,
-    a different configuration starts over."""
+    a different configuration starts over.
+
+    Several processes may share one file (e.g. one per --study family of the same command, each on
+    its own core): every save merges, under a lock, the points other processes have written with
+    the same key, and a point another process has already finished is reused, not recomputed. The
+    last process to finish writes the complete summary; rerunning the command afterwards (all
+    points on disk, seconds) redraws summary and figure from everything."""
 
     def __init__(self, path: str | Path, config: dict, args: argparse.Namespace, t0: float):
         self.path, self.config, self.args, self.t0 = Path(path), config, args, t0
         self.key = config_key(config)
-        old = load_json(self.path)
-        self.points: dict = old["points"] if old and old.get("key") == self.key else {}
+        self.points: dict = self._disk_points()
         self.extra: dict = {}
 
+    def _disk_points(self) -> dict:
+        old = load_json(self.path)
+        return old["points"] if old and old.get("key") == self.key else {}
+
+    def _lock(self):
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def held():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        return held()
+
+    def _merge_disk(self) -> None:
+        for k, v in self._disk_points().items():
+            self.points.setdefault(k, v)
+
     def run(self, name: str, fn: Callable[[], dict]) -> dict:
+        if name not in self.points:
+            with self._lock():
+                self._merge_disk()  # finished meanwhile by another process sharing the file?
         if name in self.points:
             print(f"[{name}] on disk, reused")
             return self.points[name]
@@ -1174,8 +1205,10 @@ class Sweep:
 
     def save(self, **extra) -> None:
         self.extra.update(extra)
-        save_json(self.path, {"provenance": provenance(self.args, self.t0), "key": self.key,
-                              "config": self.config, "points": self.points, **self.extra})
+        with self._lock():
+            self._merge_disk()
+            save_json(self.path, {"provenance": provenance(self.args, self.t0), "key": self.key,
+                                  "config": self.config, "points": self.points, **self.extra})
 
 
 def setup_teacher(S: "Setup", cfg: MLPConfig | None = None, train: Dataset | None = None,

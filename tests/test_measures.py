@@ -161,3 +161,24 @@ def test_no_digit_control_matches_the_mixture_per_pixel_but_not_across_pixels():
         torch.testing.assert_close(ctl.var(0) / mix.var(0), torch.ones(20), atol=0.12, rtol=0)
         off = ~torch.eye(20, dtype=torch.bool)
         assert torch.corrcoef(mix.T)[off].abs().mean() > 0.3 and torch.corrcoef(ctl.T)[off].abs().mean() < 0.05
+
+
+def test_sweeps_sharing_a_file_keep_each_others_points(tmp_path):
+    """Two processes on one results file (modelled by two Sweep objects made before either saved):
+    neither save loses the other's points, and a point the other finished is reused."""
+    args = argparse.Namespace(seed=0, runs=2, device="cpu")
+    path = tmp_path / "s.json"
+    a = U.Sweep(path, {"a": 1}, args, 0.0)
+    b = U.Sweep(path, {"a": 1}, args, 0.0)
+    a.run("p1", lambda: {"acc": [0.1]})
+    b.run("p2", lambda: {"acc": [0.2]})  # b never saw p1 in memory before this save
+    on_disk = json.loads(path.read_text())["points"]
+    assert on_disk == {"p1": {"acc": [0.1]}, "p2": {"acc": [0.2]}}
+    calls = []
+    assert b.run("p1", lambda: calls.append(1) or {"acc": [9.9]}) == {"acc": [0.1]} and calls == []
+    a.save(summary={"n": 2})
+    d = json.loads(path.read_text())
+    assert set(d["points"]) == {"p1", "p2"} and d["summary"] == {"n": 2}
+    c = U.Sweep(path, {"a": 2}, args, 0.0)  # another configuration still starts over
+    c.run("p1", lambda: {"acc": [0.5]})
+    assert json.loads(path.read_text())["points"] == {"p1": {"acc": [0.5]}}
