@@ -27,9 +27,11 @@ results/topic_a_noise_spectrum_3runs.json:
     python topic_a_noise_spectrum.py --runs 10 --epochs 20 --study all
     python topic_a_noise_spectrum.py --study spectra      # the spectra figure alone, seconds
 
-To use two cores, run disjoint families in two processes on the same file (each with
-OMP_NUM_THREADS=1), e.g. --study variance, blur, subspace in one and the rest in the other, then the
---study all command once more: every point is on disk, so it only writes the summary and figure.
+To use two cores, run disjoint families in two shells on the same file (each with
+OMP_NUM_THREADS=1), e.g. `for s in variance blur subspace; do python topic_a_noise_spectrum.py
+--runs 10 --epochs 20 --study $s; done` in one and spectrum, blurred, spectrum-no-mean in the other,
+then the --study all command once more: every point is on disk, so it only writes the summary and
+the figures.
 """
 from __future__ import annotations
 
