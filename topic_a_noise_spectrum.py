@@ -12,8 +12,8 @@ One script, one distillation-input mechanism (topic_a_utils input sources), five
 and a figure of the radial power spectra of these families (--study spectra, no training).
 Every point distils an aux-only student from the same cached teacher as topic_a.py, and beside it
 in the same batches the cross-model control (the aux-only student from another run's init, a
-derangement as in A.1), and records both test accuracies after every epoch, so one run gives both the takehome's 5-epoch budget and a
-longer one (--epochs, default 20; Adam at a constant learning rate, so the first 5 epochs are
+derangement as in A.1), and records both test accuracies after every epoch, so one run gives both
+the takehome's 5-epoch budget and a longer one (--epochs, default 20; Adam at a constant learning rate, so the first 5 epochs are
 exactly the 5-epoch run). Per point we also measure candidate predictors on 5000 inputs: the
 effective dimension of the inputs (PCA-95% and participation ratio), the participation ratio of
 the teacher's last hidden layer on them, and the teacher's aux-digit logit coupling (R^2).
