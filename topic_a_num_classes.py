@@ -27,6 +27,7 @@ budget; the full version (about 3 h on the 2-core CPU) adds them:
 
     python topic_a_num_classes.py --runs 10
     python topic_a_num_classes.py --runs 25 --fixed-count 15 --cross-control
+    python topic_a_num_classes.py --plot-only [results/<file>.json]   # redraw only, seconds
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def parse_args(argv=None):
                         "full version uses 15, the fixed ratio's count at K = 10)")
     g.add_argument("--cross-control", action="store_true",
                    help="add the cross-model aux-only student (another run's init) at every point")
-    g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the results JSON on disk")
+    g.add_argument("--plot-only", nargs="?", const="", default=None, metavar="JSON",
+                   help="redraw the PNG from a finished results JSON (default: this script's file in "
+                        "--results-dir), no training")
     a = U.parse_common(p, argv)
     if any(not 2 <= k <= 10 for k in a.ks + a.dip_ks):
         p.error("K must be in 2..10")
@@ -68,8 +71,8 @@ def relative_to_chance(acc, k):
 
 def main(argv=None):
     a = parse_args(argv)
-    if a.plot_only:
-        d = U.load_finished(f"{a.results_dir}/topic_a_num_classes.json")
+    if a.plot_only is not None:
+        d = U.load_finished(a.plot_only or f"{a.results_dir}/topic_a_num_classes.json")
         a.runs, a.ks, a.dip_ks, a.seed = d["config"]["runs"], d["config"]["ks"], d["config"]["dip_ks"], d["config"]["seed"]
         return plot(d["summary"], a)
     S = U.setup(a)
@@ -172,23 +175,33 @@ def paired_differences(P, a) -> dict:
 def plot(summary, a):
     plt = U._plt()
     n = f"n = {a.runs} runs per point"
-    order = ["aux only", "all logits", "class only", "real, aux only", "fixed aux ratio", "fixed aux count",
-             "cross-model aux only"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     colors = {"aux only": U.STUDENT_COLORS["aux only"], "all logits": U.STUDENT_COLORS["all logits"],
               "class only": "tab:brown", "real, aux only": "tab:olive", "fixed aux ratio": "tab:cyan",
               "fixed aux count": "tab:pink", "cross-model aux only": U.STUDENT_COLORS["cross-model aux only"]}
-    acc = {k: v for k, v in ((o, summary["acc"].get(o)) for o in order) if v is not None}
-    U.sweep_plot(a.ks, acc, None, "Test accuracy on digits 0..K-1", "number of classes K",
-                 chance=[1 / k for k in a.ks], ax=axes[0], n_label=n, colors=colors)
-    rel = {k: v for k, v in ((o, summary["rel_chance"].get(o)) for o in order) if v is not None}
-    U.sweep_plot(a.ks, rel, None, "Accuracy relative to chance, (acc - 1/K) / (1 - 1/K)",
+    labels = {"aux only": "aux only (3 aux logits)", "fixed aux ratio": "fixed aux ratio (round(1.5 K) aux logits)",
+              "fixed aux count": "fixed aux count (15 aux logits)"}
+
+    def pick(metric, names):
+        return {labels.get(k, k): summary[metric][k] for k in names if k in summary[metric]}
+    cols = {labels.get(k, k): c for k, c in colors.items()}
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    students = ["aux only", "all logits", "class only", "real, aux only", "cross-model aux only"]
+    U.sweep_plot(a.ks, pick("acc", students), None, "Test accuracy on digits 0..K-1", "number of classes K",
+                 chance=[1 / k for k in a.ks], ax=axes[0, 0], n_label=n, colors=cols)
+    U.sweep_plot(a.ks, pick("rel_chance", students), None, "The same, relative to chance: (acc - 1/K) / (1 - 1/K)",
                  "number of classes K", ylabel="accuracy above chance (0 = chance, 1 = perfect)",
-                 chance=0.0, ax=axes[1], n_label=n, colors=colors)
-    ax = axes[2]  # the two seeds side by side per K, one colour per student, no overlapping bands
+                 chance=0.0, ax=axes[0, 1], n_label=n, colors=cols)
+    U.sweep_plot(a.ks, pick("rel_chance", ["aux only", "fixed aux ratio", "fixed aux count"]), None,
+                 "Aux count vs aux share: aux-only students of three teachers, relative to chance",
+                 "number of classes K", ylabel="accuracy above chance (0 = chance, 1 = perfect)",
+                 ax=axes[1, 0], n_label=n, colors=cols)
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        ax.set_xticks(a.ks)
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: no data covered
+    ax = axes[1, 1]  # the two seeds side by side per K, one colour per student, no overlapping bands
     dx = {a.seed: -0.12, a.seed + 1: 0.12}
     for i, s in enumerate(NOISE_STUDENTS):
-        c = U.student_color(s) or "tab:brown"
+        c = colors[s]
         for seed, pts, mk, ls in ((a.seed, [summary["acc"][s][a.ks.index(k)] for k in a.dip_ks], "o", "-"),
                                   (a.seed + 1, summary["dip_rerun"][s], "s", "--")):
             x = np.array(a.dip_ks) + dx[seed] + (i - 1) * 0.03
@@ -200,10 +213,8 @@ def plot(summary, a):
     ax.set_title(f"Is there a dip at K=3? Two seeds (new inits, teachers, noise)\nmarkers: mean; bars: 95% t-CI; {n}",
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     ax.set_xticks(a.dip_ks)
-    for ax in axes[:2]:
-        ax.set_xticks(a.ks)
     fig.suptitle("Number of classes: MNIST MLP 784-256-256-(K+aux), uniform-noise students (5 epochs x 60000)",
                  fontsize=11)
     fig.tight_layout()

@@ -209,3 +209,18 @@ def test_num_classes_dip_differences_are_paired_by_run():
                 assert got["mean"] == pytest.approx(want.mean()) and got["n"] == 4
                 assert got["std"] == pytest.approx(want.std(ddof=1))  # paired: the spread of differences
     assert out["aux only: K - K=2"][0]["mean"] == 0 and "fixed aux count - aux only" not in out
+
+
+def test_num_classes_plot_only_redraws_from_a_named_file(tmp_path):
+    """--plot-only JSON redraws the figure from that finished file without training; an unfinished
+    file gives one clear line."""
+    res = json.loads((REPO / "results" / "topic_a_num_classes_10runs.json").read_text())
+    f = tmp_path / "finished.json"
+    f.write_text(json.dumps(res))
+    r = run_script(["--plot-only", str(f), "--plots-dir", str(tmp_path)], script="topic_a_num_classes.py")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "topic_a_num_classes.png").stat().st_size > 10_000
+    del res["summary"]
+    f.write_text(json.dumps(res))
+    r = run_script(["--plot-only", str(f), "--plots-dir", str(tmp_path)], script="topic_a_num_classes.py")
+    assert r.returncode == 2 and "no finished results" in r.stderr and "Traceback" not in r.stderr
