@@ -143,18 +143,20 @@ def main(argv=None):
     summary["dip_rerun"] = {n: [U.mean_ci(P[f"K={k} seed={a.seed + 1}"][n]["acc"]) for k in a.dip_ks]
                             for n in NOISE_STUDENTS}
     summary["paired"] = paired_differences(P, a)
+    summary["paired_rel_chance"] = paired_differences(P, a, "rel_chance")
     sweep.save(summary=summary, peak_rss_mb=round(U.peak_rss_mb()))
     plot(summary, a)
 
 
-def paired_differences(P, a) -> dict:
+def paired_differences(P, a, metric: str = "acc") -> dict:
     """Differences run by run between students that share their hidden-layer init draw (every
     student and teacher at every K starts from the same seeded draw; only output rows differ):
     per K, the student minus its cross-model control, the fixed aux count minus the fixed ratio and
     minus 3 aux logits, and each K minus K = ks[0] for the aux-only and fixed-count students;
-    for the dip, K = 3 minus its neighbours in both seeds."""
+    for the dip, K = 3 minus its neighbours in both seeds. metric: "acc" or "rel_chance" (accuracy
+    relative to chance, which takes the falling chance level out of the K - K=2 differences)."""
     def diff(p, q):
-        return U.mean_ci(np.subtract(p["acc"], q["acc"]))
+        return U.mean_ci(np.subtract(p[metric], q[metric]))
     pts = [P[f"K={k}"] for k in a.ks]
     out = {}
     for x, y in (("aux only", "cross-model aux only"), ("fixed aux count", "fixed aux ratio"),

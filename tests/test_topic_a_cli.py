@@ -129,6 +129,9 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             assert pd["aux only: K - K=2"][i]["mean"] == pytest.approx(
                 np.mean(np.subtract(p["aux only"]["acc"], res["points"]["K=2"]["aux only"]["acc"])))
         assert pd["aux only: K - K=2"][0]["mean"] == 0
+        rel = res["summary"]["paired_rel_chance"]["fixed aux count: K - K=2"][1]["mean"]
+        assert rel == pytest.approx(np.mean(np.subtract(res["points"]["K=3"]["fixed aux count"]["rel_chance"],
+                                                        res["points"]["K=2"]["fixed aux count"]["rel_chance"])))
     if script == "topic_a_factors.py":
         p = res["points"]["aux=10"]
         assert res["aux_minus_cross"]["aux"][2]["mean"] == pytest.approx(
