@@ -97,15 +97,15 @@ def main(argv=None):
     summary = {f: {s: [U.mean_ci(P[name(f, x)][s]["acc"]) for x in xs[f]] for s in series}
                for f in a.factors}
     # neighbouring values, run r against run r (shared seeds): "x[i+1] - x[i]" per student
-    paired = {f: {s: {f"{x1} - {x0}": U.mean_ci(np.subtract(P[name(f, x1)][s]["acc"], P[name(f, x0)][s]["acc"]))
+    paired = {f: {s: {f"{x1} - {x0}": U.paired_ci(P[name(f, x1)][s]["acc"], P[name(f, x0)][s]["acc"])
                       for x0, x1 in zip(xs[f], xs[f][1:])} for s in ("aux only", "bound")}
               for f in a.factors}
     summary_ratio = {f: [U.mean_ci([st / t for st, t in zip(P[name(f, x)]["aux only"]["acc"],
                                                            P[name(f, x)]["bound"]["acc"])]) for x in xs[f]]
                      for f in a.factors}
     # the aux-only student over its cross-model control, run by run (same teacher and noise)
-    extra = {"aux_minus_cross": {f: [U.mean_ci(np.subtract(P[name(f, x)]["aux only"]["acc"],
-                                                           P[name(f, x)]["cross-model aux only"]["acc"]))
+    extra = {"aux_minus_cross": {f: [U.paired_ci(P[name(f, x)]["aux only"]["acc"],
+                                                           P[name(f, x)]["cross-model aux only"]["acc"])
                                      for x in xs[f]] for f in a.factors}} if a.cross_control else {}
     sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired, **extra,
                peak_rss_mb=round(U.peak_rss_mb()))

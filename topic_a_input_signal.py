@@ -110,23 +110,23 @@ def main(argv=None):
             "students": {s: [U.mean_ci(P[f"alpha={x:g} mean image + noise"][s]["acc"]) for x in a.control_alphas]
                          for s in STUDENTS},
             # paired by run: the same init, teacher and alpha, digits replaced by moment-matched noise
-            "minus_real_mixture": {f"alpha={x:g}": {s: U.mean_ci(np.subtract(
-                P[f"alpha={x:g} mean image + noise"][s]["acc"], P[f"alpha={x:g}"][s]["acc"])) for s in STUDENTS}
+            "minus_real_mixture": {f"alpha={x:g}": {s: U.paired_ci(
+                P[f"alpha={x:g} mean image + noise"][s]["acc"], P[f"alpha={x:g}"][s]["acc"]) for s in STUDENTS}
                 for x in a.control_alphas if f"alpha={x:g}" in P},
             # against zero-mean noise with the per-pixel sigma (alphas[0] = 0): at alpha = 1 the two
             # inputs differ only by the mean image, at other alphas also by the noise scale
-            "minus_first_alpha": {s: [U.mean_ci(np.subtract(P[f"alpha={x:g} mean image + noise"][s]["acc"],
-                                                            main_pts[0][s]["acc"])) for x in a.control_alphas]
+            "minus_first_alpha": {s: [U.paired_ci(P[f"alpha={x:g} mean image + noise"][s]["acc"],
+                                                            main_pts[0][s]["acc"]) for x in a.control_alphas]
                                   for s in STUDENTS},
-            "aux_minus_cross": [U.mean_ci(np.subtract(P[f"alpha={x:g} mean image + noise"]["aux only"]["acc"],
-                                                      P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"]))
+            "aux_minus_cross": [U.paired_ci(P[f"alpha={x:g} mean image + noise"]["aux only"]["acc"],
+                                                      P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"])
                                 for x in a.control_alphas],
             "effective_dim_95": [P[f"alpha={x:g} mean image + noise"]["effective_dim_95"] for x in a.control_alphas]},
         # the subliminal effect over its control, paired by run (same teacher and inputs, other init)
-        "aux_minus_cross": [U.mean_ci(np.subtract(p["aux only"]["acc"], p["cross-model aux only"]["acc"]))
+        "aux_minus_cross": [U.paired_ci(p["aux only"]["acc"], p["cross-model aux only"]["acc"])
                             for p in main_pts],
         # each alpha against alpha = alphas[0], run by run (same inits and teacher)
-        "minus_first_alpha": {s: [U.mean_ci(np.subtract(p[s]["acc"], main_pts[0][s]["acc"])) for p in main_pts]
+        "minus_first_alpha": {s: [U.paired_ci(p[s]["acc"], main_pts[0][s]["acc"]) for p in main_pts]
                               for s in STUDENTS},
         "coupling": {m: [U.mean_ci(p["coupling"][m]) for p in main_pts] for m in ("mean_abs_r", "r2")},
         "effective_dim_95": [p["effective_dim_95"] for p in main_pts],

@@ -146,7 +146,7 @@ def summarise(points, fams, a):
             # the cross-model control and the student minus it, paired by run (same teacher and inputs)
             **{f"cross_{b}": [U.mean_ci(p["cross_acc_by_epoch"][ep]) for _, _, p in pts]
                for b, ep in (("short", short), ("long", long_))},
-            **{f"aux_minus_cross_{b}": [U.mean_ci(np.subtract(p["acc_by_epoch"][ep], p["cross_acc_by_epoch"][ep]))
+            **{f"aux_minus_cross_{b}": [U.paired_ci(p["acc_by_epoch"][ep], p["cross_acc_by_epoch"][ep])
                                         for _, _, p in pts] for b, ep in (("short", short), ("long", long_))},
             **{k: [float(np.mean(p[k])) for _, _, p in pts] for k in PREDICTORS}}
         for _, _, p in pts:
@@ -154,8 +154,8 @@ def summarise(points, fams, a):
                          {k: float(np.mean(p[k])) for k in PREDICTORS}))
     # the control, paired by run (same teacher, init and noise draws; only the mean image differs)
     out["no_mean_minus_spectrum"] = {
-        budget: [U.mean_ci(np.subtract(points[f"spectrum-no-mean {lb}"]["acc_by_epoch"][ep],
-                                       points[f"spectrum {lb}"]["acc_by_epoch"][ep]))
+        budget: [U.paired_ci(points[f"spectrum-no-mean {lb}"]["acc_by_epoch"][ep],
+                                       points[f"spectrum {lb}"]["acc_by_epoch"][ep])
                  for lb, _, _ in fams["spectrum"]
                  if f"spectrum-no-mean {lb}" in points and f"spectrum {lb}" in points]
         for budget, ep in (("short", short), ("long", long_))}

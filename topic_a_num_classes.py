@@ -156,7 +156,7 @@ def paired_differences(P, a, metric: str = "acc") -> dict:
     for the dip, K = 3 minus its neighbours in both seeds. metric: "acc" or "rel_chance" (accuracy
     relative to chance, which takes the falling chance level out of the K - K=2 differences)."""
     def diff(p, q):
-        return U.mean_ci(np.subtract(p[metric], q[metric]))
+        return U.paired_ci(p[metric], q[metric])
     pts = [P[f"K={k}"] for k in a.ks]
     out = {}
     for x, y in (("aux only", "cross-model aux only"), ("fixed aux count", "fixed aux ratio"),

@@ -1231,6 +1231,11 @@ def setup_teacher(S: "Setup", cfg: MLPConfig | None = None, train: Dataset | Non
 # ----------------------------------------------------------------------------------------------
 
 
+def paired_ci(x, y, confidence: float = 0.95) -> dict:
+    """Mean and t-based CI of the run-by-run differences x - y (conditions that share their runs)."""
+    return mean_ci(np.subtract(x, y), confidence)
+
+
 def mean_ci(values, confidence: float = 0.95) -> dict:
     """Mean and t-based CI (ddof=1) of per-run values."""
     from scipy import stats
