@@ -126,6 +126,7 @@ def main(argv=None):
     plot_spectra(S, fams, a)
 
 
+WHITE = "blur sigma=0"  # white Gaussian noise, unit std: the reference of summary["minus_white"]
 PREDICTORS = ("effective_dim_95", "participation_ratio", "teacher_h2_participation_ratio", "coupling_r2")
 
 
@@ -159,6 +160,15 @@ def summarise(points, fams, a):
                  for lb, _, _ in fams["spectrum"]
                  if f"spectrum-no-mean {lb}" in points and f"spectrum {lb}" in points]
         for budget, ep in (("short", short), ("long", long_))}
+    # each point of the fit families minus white Gaussian noise (blur sigma=0), paired by run (same
+    # teacher and student inits): says which steps of blur, variance or dimension are findings
+    white = points.get(WHITE)
+    if white is not None:
+        out["minus_white"] = {
+            fam: {budget: [U.paired_ci(points[f"{fam} {lb}"]["acc_by_epoch"][ep], white["acc_by_epoch"][ep])
+                           for lb, _, _ in fams[fam] if f"{fam} {lb}" in points]
+                  for budget, ep in (("short", short), ("long", long_))}
+            for fam in FIT if fam in fams}
     for k in PREDICTORS:
         fit = [(r[1], r[3][k]) for r in rows if r[0] in FIT]
         held = [(r[1], r[3][k]) for r in rows if r[0] in HELD_OUT]

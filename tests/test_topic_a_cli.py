@@ -194,6 +194,23 @@ def test_noise_spectrum_control_is_distilled_beside_every_point(tmp_path, mnist_
     assert one.returncode == 2 and "at least 2" in one.stderr and "Traceback" not in one.stderr
 
 
+def test_noise_spectrum_steps_are_paired_against_white_noise():
+    """A.8: each fit-family point minus white noise (blur sigma=0), run by run, at both budgets."""
+    import argparse
+    import topic_a_noise_spectrum as A8
+    rng = np.random.default_rng(0)
+    fams = {"blur": [("sigma=0", 0.0, None), ("sigma=1", 1.0, None)], "subspace": [("dim=8", 8, None)]}
+    pts = {f"{f} {lb}": {"acc_by_epoch": rng.uniform(0, 1, (3, 4)).tolist(), "cross_acc_by_epoch": [[0.1] * 4] * 3,
+                         **{k: [1.0] for k in A8.PREDICTORS}} for f, items in fams.items() for lb, _, _ in items}
+    s = A8.summarise(pts, {**fams, "spectrum": []}, argparse.Namespace(student_epochs=2, epochs=3))
+    w = np.array(pts[A8.WHITE]["acc_by_epoch"])
+    for fam, lb, i in (("blur", "sigma=1", 1), ("subspace", "dim=8", 0)):
+        for budget, ep in (("short", 1), ("long", 2)):
+            d = np.array(pts[f"{fam} {lb}"]["acc_by_epoch"][ep]) - w[ep]
+            assert s["minus_white"][fam][budget][i]["mean"] == pytest.approx(d.mean())
+    assert s["minus_white"]["blur"]["long"][0]["mean"] == 0.0  # the reference minus itself
+
+
 def test_num_classes_dip_differences_are_paired_by_run():
     """A.5's dip contrast: K = 3 minus K = 2 and K = 4, run by run, in each seed."""
     import argparse
