@@ -20,7 +20,7 @@ the teacher's last hidden layer on them, and the teacher's aux-digit logit coupl
 The predictor is chosen on the variance/blur/subspace families and tested on spectrum/blurred.
 
 Regenerate plots/topic_a_noise_spectrum*.png and results/topic_a_noise_spectrum.json (10 runs and
-20 epochs with the control: about 15 min per point on one core, 24 points; minutes on a GPU);
+20 epochs with the control: about 10 min per point on one core, 24 points; minutes on a GPU);
 resumes finished points. The earlier 3-run, 12-epoch sweep without the control is kept as
 results/topic_a_noise_spectrum_3runs.json:
 

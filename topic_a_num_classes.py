@@ -20,13 +20,13 @@ and the confound controls the takehome asks for:
 The takehome's "dip at K=3" is checked with CIs and by rerunning K = 2, 3, 4 with another seed
 (new inits, teachers and noise).
 
-Regenerate plots/topic_a_num_classes.png and results/topic_a_num_classes.json (about 2 h on a
-2-core CPU with a 180 GFLOP/s sgemm at 25 runs, about 42 min at 10 runs; resumes finished points).
-The committed figure was made with 10 runs and without the two opt-in controls, to fit the CPU
-budget; the full version (about 3 h on the 2-core CPU) adds them:
+Regenerate plots/topic_a_num_classes.png and results/topic_a_num_classes.json (resumes finished
+points). The committed figure is the full version, 25 runs with both opt-in controls: about 21 min
+per point on one core, 12 points (about 4 h on one core of the 2-core CPU); without the controls
+it is about 2 h at 25 runs, 42 min at 10:
 
-    python topic_a_num_classes.py --runs 10
     python topic_a_num_classes.py --runs 25 --fixed-count 15 --cross-control
+    python topic_a_num_classes.py --runs 10                 # lighter, no fixed-count or cross-model student
     python topic_a_num_classes.py --plot-only [results/<file>.json]   # redraw only, seconds
 """
 from __future__ import annotations
