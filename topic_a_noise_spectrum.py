@@ -213,6 +213,13 @@ def plot_results(summary, a):
         ax.set_xticks(v["x"])
         ax.set_xticklabels([f"{x:g}" for x in v["x"]])
         ax.set_ylim(0, 1)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()  # one shared legend below, so no panel's data hides under one
+    if len(fams) + 1 < len(axes.flat):
+        leg_ax = axes.flat[len(fams) + 1]
+        leg_ax.set_visible(True)
+        leg_ax.axis("off")
+        leg_ax.legend(handles, labels, loc="center", fontsize=10, title="every family panel")
     ax = axes.flat[len(fams)]
     for i, (fam, v) in enumerate((f, v) for f, v in fams.items() if f not in CONTROLS):
         ax.scatter(v["effective_dim_95"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}",
