@@ -21,8 +21,8 @@ The takehome's "dip at K=3" is checked with CIs and by rerunning K = 2, 3, 4 wit
 (new inits, teachers and noise).
 
 Regenerate plots/topic_a_num_classes.png and results/topic_a_num_classes.json (resumes finished
-points). The committed figure is the full version, 25 runs with both opt-in controls: about 21 min
-per point on one core, 12 points (about 4 h on one core of the 2-core CPU); without the controls
+points). The committed figure is the full version, 25 runs with both opt-in controls: 10-22 min
+per point on one core (larger K slower), 12 points (about 3.5 h on one core); without the controls
 it is about 2 h at 25 runs, 42 min at 10:
 
     python topic_a_num_classes.py --runs 25 --fixed-count 15 --cross-control
