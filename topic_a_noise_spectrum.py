@@ -243,7 +243,7 @@ def plot_results(summary, a):
 
 def plot_spectra(S, fams, a):
     plt = U._plt()
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    fig, ax = plt.subplots(figsize=(11, 5.2))
     curves = {"MNIST": S.train.x[:5000]}
     pick = {"blurred": ("sigma=1", "sigma=2"), "blur": ("sigma=0", "sigma=1", "sigma=2"), "subspace": ("dim=32",),
             "spectrum": ("sigma=1",)}
@@ -252,6 +252,8 @@ def plot_spectra(S, fams, a):
             if label in labels:
                 curves[f"{fam} {label}"] = U.first_batch(src, 1, 5000)
     curves["uniform U[-1,1]"] = U.first_batch(U.UniformNoise(a.seed, 5000), 1, 5000)
+    if "blur sigma=0" in curves:  # white noise: flat at 1, drawn last over the (also flat) subspace line
+        curves["blur sigma=0 (white; flat, covers subspace dim=32)"] = curves.pop("blur sigma=0")
     for i, (name, x) in enumerate(curves.items()):
         f, prof = U.radial_profile(U.power_spectrum(x))
         style = {"spectrum": ("--", "x", 7), "blurred": ("-", "o", 3), "MNIST": ("-", "o", 3)}.get(
@@ -262,7 +264,7 @@ def plot_spectra(S, fams, a):
     ax.set_ylabel("mean power per pixel (mean image removed)")
     ax.set_title("Radial power spectra of the distillation-input families (5000 images each)\n"
                  "spectrum-matched noise (dashed, x) lies on the blurred images it copies", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no curve hidden
     ax.grid(alpha=0.3)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_noise_spectrum_spectra.png")
