@@ -105,7 +105,7 @@ def main(argv=None):
                      for f in a.factors}
     # the aux-only student over its cross-model control, run by run (same teacher and noise)
     extra = {"aux_minus_cross": {f: [U.paired_ci(P[name(f, x)]["aux only"]["acc"],
-                                                           P[name(f, x)]["cross-model aux only"]["acc"])
+                                                 P[name(f, x)]["cross-model aux only"]["acc"])
                                      for x in xs[f]] for f in a.factors}} if a.cross_control else {}
     sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired, **extra,
                peak_rss_mb=round(U.peak_rss_mb()))

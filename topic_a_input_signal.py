@@ -116,10 +116,10 @@ def main(argv=None):
             # against zero-mean noise with the per-pixel sigma (alphas[0] = 0): at alpha = 1 the two
             # inputs differ only by the mean image, at other alphas also by the noise scale
             "minus_first_alpha": {s: [U.paired_ci(P[f"alpha={x:g} mean image + noise"][s]["acc"],
-                                                            main_pts[0][s]["acc"]) for x in a.control_alphas]
+                                                  main_pts[0][s]["acc"]) for x in a.control_alphas]
                                   for s in STUDENTS},
             "aux_minus_cross": [U.paired_ci(P[f"alpha={x:g} mean image + noise"]["aux only"]["acc"],
-                                                      P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"])
+                                            P[f"alpha={x:g} mean image + noise"]["cross-model aux only"]["acc"])
                                 for x in a.control_alphas],
             "effective_dim_95": [P[f"alpha={x:g} mean image + noise"]["effective_dim_95"] for x in a.control_alphas]},
         # the subliminal effect over its control, paired by run (same teacher and inputs, other init)

@@ -134,6 +134,7 @@ def summarise(points, fams, a):
     from scipy import stats
     out = {"families": {}, "predictors": {}}
     short, long_ = a.student_epochs - 1, a.epochs - 1
+    budgets = (("short", short), ("long", long_))  # epoch index of each budget
     rows = []
     for fam, items in fams.items():
         pts = [(label, x, points.get(f"{fam} {label}")) for label, x, _ in items]
@@ -145,10 +146,9 @@ def summarise(points, fams, a):
             "short": [U.mean_ci(p["acc_by_epoch"][short]) for _, _, p in pts],
             "long": [U.mean_ci(p["acc_by_epoch"][long_]) for _, _, p in pts],
             # the cross-model control and the student minus it, paired by run (same teacher and inputs)
-            **{f"cross_{b}": [U.mean_ci(p["cross_acc_by_epoch"][ep]) for _, _, p in pts]
-               for b, ep in (("short", short), ("long", long_))},
+            **{f"cross_{b}": [U.mean_ci(p["cross_acc_by_epoch"][ep]) for _, _, p in pts] for b, ep in budgets},
             **{f"aux_minus_cross_{b}": [U.paired_ci(p["acc_by_epoch"][ep], p["cross_acc_by_epoch"][ep])
-                                        for _, _, p in pts] for b, ep in (("short", short), ("long", long_))},
+                                        for _, _, p in pts] for b, ep in budgets},
             **{k: [float(np.mean(p[k])) for _, _, p in pts] for k in PREDICTORS}}
         for _, _, p in pts:
             rows.append((fam, float(np.mean(p["acc_by_epoch"][short])), float(np.mean(p["acc_by_epoch"][long_])),
@@ -156,10 +156,10 @@ def summarise(points, fams, a):
     # the control, paired by run (same teacher, init and noise draws; only the mean image differs)
     out["no_mean_minus_spectrum"] = {
         budget: [U.paired_ci(points[f"spectrum-no-mean {lb}"]["acc_by_epoch"][ep],
-                                       points[f"spectrum {lb}"]["acc_by_epoch"][ep])
+                             points[f"spectrum {lb}"]["acc_by_epoch"][ep])
                  for lb, _, _ in fams["spectrum"]
                  if f"spectrum-no-mean {lb}" in points and f"spectrum {lb}" in points]
-        for budget, ep in (("short", short), ("long", long_))}
+        for budget, ep in budgets}
     # each point of the fit families minus white Gaussian noise (blur sigma=0), paired by run (same
     # teacher and student inits): says which steps of blur, variance or dimension are findings
     white = points.get(WHITE)
@@ -167,7 +167,7 @@ def summarise(points, fams, a):
         out["minus_white"] = {
             fam: {budget: [U.paired_ci(points[f"{fam} {lb}"]["acc_by_epoch"][ep], white["acc_by_epoch"][ep])
                            for lb, _, _ in fams[fam] if f"{fam} {lb}" in points]
-                  for budget, ep in (("short", short), ("long", long_))}
+                  for budget, ep in budgets}
             for fam in FIT if fam in fams}
     for k in PREDICTORS:
         fit = [(r[1], r[3][k]) for r in rows if r[0] in FIT]
