@@ -10,14 +10,15 @@ Levers, as named configurations (CONFIGS):
   student   distillation epochs, learning rate, temperature, loss (kl/mse), batch size;
   inputs    uniform noise (default), Gaussian, blurred Gaussian noise (sigma pixels);
   model     hidden width, init scale.
---search runs the configurations of SEARCH with --search-runs runs (resumable, every result
-logged to results/topic_a_maximize_search.json); without it the script runs one configuration
+--search runs the configurations of SEARCH with --search-runs runs, each with its cross-model control
+(resumable, every result logged to results/topic_a_maximize_search.json); without it the script runs one configuration
 (--config, default the best found) with --runs runs and writes results/topic_a_maximize.json and
 plots/topic_a_maximize.png (another --config: topic_a_maximize_<config>.*): the student during
 distillation and at the end, next to its bound and its teacher. The common training
 flags (--teacher-epochs, --student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
 
-    python topic_a_maximize.py --search --search-runs 5     # the logged search (~30 min on the 2-core CPU)
+    python topic_a_maximize.py --search --search-runs 5     # the logged search, each configuration with its
+                                                            # cross-model control (~40 min on one core)
     python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs (~17 min)
 """
 from __future__ import annotations
@@ -126,14 +127,17 @@ def main(argv=None):
     S = U.setup(a)
     if a.search:
         sweep = U.Sweep(f"{a.results_dir}/topic_a_maximize_search.json",
-                        {"runs": a.search_runs, "seed": a.seed, "data": S.data_desc}, a, S.t0)
+                        {"runs": a.search_runs, "seed": a.seed, "data": S.data_desc, "cross_control": True}, a, S.t0)
         for name in SEARCH:
-            sweep.run(name, lambda name=name: run_config(S, name, a.search_runs))
-        table = {n: {k: U.mean_ci(p[k]) for k in ("student", "bound", "teacher")} for n, p in sweep.points.items()}
+            sweep.run(name, lambda name=name: run_config(S, name, a.search_runs, cross=True))
+        table = {n: {**{k: U.mean_ci(p[k]) for k in ("student", "cross-model control", "bound", "teacher")},
+                     "student minus control": U.paired_ci(p["student"], p["cross-model control"])}
+                 for n, p in sweep.points.items()}
         sweep.save(summary=table)
         for n, s in sorted(table.items(), key=lambda kv: -kv[1]["student"]["mean"]):
-            st = s["student"]
-            print(f"{st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}]  bound {s['bound']['mean']:.4f}  {n}")
+            st, c = s["student"], s["cross-model control"]
+            print(f"{st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}]  control {c['mean']:.4f} "
+                  f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}]  bound {s['bound']['mean']:.4f}  {n}")
         plot_search(table, a)
         return
     t = time.time()
@@ -183,18 +187,22 @@ def plot_search(table, a):
     names = list(table)
     fig, ax = plt.subplots(figsize=(11, 0.45 * len(names) + 2))
     y = np.arange(len(names))[::-1]
-    for off, key, color in ((-0.2, "student", "C0"), (0.2, "bound", "C3")):
+    rows = ((-0.25, "student", "aux only", "aux-only student"),
+            (0.0, "cross-model control", "cross-model aux only", "cross-model control (another run's init)"),
+            (0.25, "bound", "bound", "bound: teacher body + init digit head"))
+    for off, key, kind, label in rows:
         m = np.array([table[n][key]["mean"] for n in names])
         lo = m - np.array([table[n][key]["ci_low"] for n in names])
         hi = np.array([table[n][key]["ci_high"] for n in names]) - m
-        label = "aux-only student" if key == "student" else "bound: teacher body + init digit head"
-        ax.errorbar(m, y + off, xerr=[lo, hi], fmt="o", color=color, capsize=3, label=label)
+        ax.errorbar(m, y - off, xerr=[lo, hi], fmt="o", color=U.STUDENT_COLORS[kind], capsize=3, label=label)
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("MNIST test accuracy")
     ax.axvline(0.95, color="k", lw=0.8, ls="--", label="0.95")
+    ax.axvline(0.1, color="gray", lw=0.8, ls=":", label="chance 0.1")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     ax.set_title(f"Search for the highest aux-only accuracy (the configurations of SEARCH)\n"
                  f"frozen10 = teacher trained 10 epochs at lr 1e-3 with its digit rows frozen at the init\n"
                  f"unless stated: teacher 5 epochs, student KL 5 epochs lr 3e-4, uniform noise\n"

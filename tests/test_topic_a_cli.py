@@ -244,3 +244,22 @@ def test_num_classes_plot_only_redraws_from_a_named_file(tmp_path):
     f.write_text(json.dumps(res))
     r = run_script(["--plot-only", str(f), "--plots-dir", str(tmp_path)], script="topic_a_num_classes.py")
     assert r.returncode == 2 and "no finished results" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_maximize_search_distills_the_cross_model_control_beside_every_configuration(tmp_path, mnist_dir):
+    """A.9's search: every configuration of SEARCH has its cross-model control (another run's init),
+    and the summary pairs the student with it run by run."""
+    r = run_script(["--search", "--search-runs", "2", "--n-train", "1024", "--n-test", "300", "--no-progress",
+                    "--no-cache", "--data-dir", mnist_dir, "--results-dir", str(tmp_path), "--plots-dir",
+                    str(tmp_path)], script="topic_a_maximize.py")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "topic_a_maximize_search.json").read_text())
+    assert res["config"]["cross_control"] is True
+    assert len(res["points"]) == len(res["summary"]) == 6
+    for name, p in res["points"].items():
+        assert len(p["cross-model control"]) == len(p["student"]) == 2
+        s = res["summary"][name]
+        d = np.subtract(p["student"], p["cross-model control"]).mean()
+        assert s["student minus control"]["mean"] == pytest.approx(d)
+        assert s["cross-model control"]["n"] == 2
+    assert (tmp_path / "topic_a_maximize_search.png").stat().st_size > 10_000
