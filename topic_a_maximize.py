@@ -202,7 +202,7 @@ def plot_search(table, a):
     ax.axvline(0.1, color="gray", lw=0.8, ls=":", label="chance 0.1")
     ax.grid(alpha=0.3, axis="x")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.set_title(f"Search for the highest aux-only accuracy (the configurations of SEARCH)\n"
                  f"frozen10 = teacher trained 10 epochs at lr 1e-3 with its digit rows frozen at the init\n"
                  f"unless stated: teacher 5 epochs, student KL 5 epochs lr 3e-4, uniform noise\n"
