@@ -8,6 +8,8 @@ control (the same student from another run's init, a derangement as in A.1), and
 (teacher hidden layers + init digit rows, see topic_a_mechanism.py). Once m >= h the aux logits
 are a full-rank linear view of the last hidden layer, so the student can in principle read the
 whole teacher representation off them; the question is whether transfer keeps rising past h.
+Neighbouring values of m are compared run by run (paired: shared seeds, though not the same init
+values, since the shapes differ), and each student against its control.
 
 Regenerate plots/topic_a_wide_channel.png and results/topic_a_wide_channel.json (about 20 min on
 the 2-core CPU at 10 runs; resumes finished points):
@@ -51,7 +53,15 @@ def main(argv=None):
     summary = {s: [U.mean_ci(P[f"aux={m}"][s]["acc"]) for m in a.aux] for s in SERIES}
     ratio = [U.mean_ci([x / b for x, b in zip(P[f"aux={m}"]["aux only"]["acc"], P[f"aux={m}"]["bound"]["acc"])])
              for m in a.aux]
-    sweep.save(summary=summary, aux_over_bound=ratio)
+    # neighbouring m, run r against run r (shared seeds; the shapes differ, so not the init values), and
+    # the aux-only student over its cross-model control (same teacher and noise batches)
+    acc = {m: P[f"aux={m}"] for m in a.aux}
+    paired = {f"{m1} - {m0}": U.paired_ci(acc[m1]["aux only"]["acc"], acc[m0]["aux only"]["acc"])
+              for m0, m1 in zip(a.aux, a.aux[1:])}
+    minus_cross = [U.paired_ci(acc[m]["aux only"]["acc"], acc[m]["cross-model aux only"]["acc"]) for m in a.aux]
+    sweep.save(summary=summary, aux_over_bound=ratio, paired_neighbours=paired, aux_minus_cross=minus_cross)
+    for k, v in paired.items():
+        print(f"m {k}: aux only {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] (paired, n = {v['n']})")
     plt = U._plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     n = f"n = {a.runs} runs per point"

@@ -93,7 +93,8 @@ STEP2 = {
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
     "topic_a_factors.py": (["--factors", "aux", "dataset", "--cross-control"],
                            ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
-    "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"], ["summary", "aux_over_bound"]),
+    "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"],
+                                ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
     "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
     "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
 }
@@ -120,6 +121,12 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
         d1 = np.subtract(res["points"]["alpha=1"]["aux only"]["acc"], res["points"]["alpha=0"]["aux only"]["acc"])
         assert res["summary"]["minus_first_alpha"]["aux only"][1]["mean"] == pytest.approx(d1.mean())
+    if script == "topic_a_wide_channel.py":  # neighbouring m and student minus control, paired by run
+        p1, p32 = res["points"]["aux=1"], res["points"]["aux=32"]
+        d = np.subtract(p32["aux only"]["acc"], p1["aux only"]["acc"])
+        assert res["paired_neighbours"]["32 - 1"]["mean"] == pytest.approx(d.mean())
+        d = np.subtract(p32["aux only"]["acc"], p32["cross-model aux only"]["acc"])
+        assert res["aux_minus_cross"][1]["mean"] == pytest.approx(d.mean())
     if script == "topic_a_num_classes.py":  # paired differences, run by run, per K
         pd = res["summary"]["paired"]
         for i, k in enumerate((2, 3)):
