@@ -18,7 +18,7 @@ distillation and at the end, next to its bound and its teacher. The common train
 flags (--teacher-epochs, --student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
 
     python topic_a_maximize.py --search --search-runs 5     # the logged search, each configuration with its
-                                                            # cross-model control (~40 min on one core)
+                                                            # cross-model control (~31 min on one core)
     python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs (~17 min)
 """
 from __future__ import annotations

@@ -11,10 +11,10 @@ whole teacher representation off them; the question is whether transfer keeps ri
 Neighbouring values of m are compared run by run (paired: shared seeds, though not the same init
 values, since the shapes differ), and each student against its control.
 
-Regenerate plots/topic_a_wide_channel.png and results/topic_a_wide_channel.json (about 20 min on
-the 2-core CPU at 10 runs; resumes finished points):
+Regenerate plots/topic_a_wide_channel.png and results/topic_a_wide_channel.json (about 22 min on
+one core of the 2-core CPU at 25 runs; resumes finished points):
 
-    python topic_a_wide_channel.py --runs 10
+    python topic_a_wide_channel.py --runs 25
 """
 from __future__ import annotations
 
