@@ -78,8 +78,10 @@ def main(argv=None):
                           / (np.array(P[n]["bound"]["acc"]) - np.array(P[n]["init"]["acc"]))) for n in INITS}
     g = {n: np.array(P[n]["aux only"]["acc"]) - np.array(P[n]["init"]["acc"]) for n in INITS}
     paired = {n: U.mean_ci(g[n] - g["random"]) for n in INITS if n != "random"}
+    # is there less to copy? the bound of each pretrained init against random's, run by run
+    bound_paired = {n: U.paired_ci(P[n]["bound"]["acc"], P["random"]["bound"]["acc"]) for n in INITS if n != "random"}
     sweep.save(summary=summary, student_gain_over_init=gain, gain_share_of_bound_gain=share,
-               paired_gain_minus_random=paired)
+               paired_gain_minus_random=paired, paired_bound_minus_random=bound_paired)
     U.print_table({f"{n}: {s}": summary[n][s] for n in INITS for s in SERIES})
     plot(summary, gain, a)
 

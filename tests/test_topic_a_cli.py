@@ -95,7 +95,8 @@ STEP2 = {
                            ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"],
                                 ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
-    "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"], ["summary", "student_gain_over_init"]),
+    "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"],
+                                   ["summary", "student_gain_over_init", "paired_bound_minus_random"]),
     "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
 }
 
@@ -121,6 +122,12 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
         d1 = np.subtract(res["points"]["alpha=1"]["aux only"]["acc"], res["points"]["alpha=0"]["aux only"]["acc"])
         assert res["summary"]["minus_first_alpha"]["aux only"][1]["mean"] == pytest.approx(d1.mean())
+    if script == "topic_a_pretrained_init.py":  # each pretrained init against random, paired by run
+        p, r = res["points"]["Fashion-MNIST"], res["points"]["random"]
+        d = np.subtract(p["bound"]["acc"], r["bound"]["acc"])
+        assert res["paired_bound_minus_random"]["Fashion-MNIST"]["mean"] == pytest.approx(d.mean())
+        g = np.subtract(p["aux only"]["acc"], p["init"]["acc"]) - np.subtract(r["aux only"]["acc"], r["init"]["acc"])
+        assert res["paired_gain_minus_random"]["Fashion-MNIST"]["mean"] == pytest.approx(g.mean())
     if script == "topic_a_wide_channel.py":  # neighbouring m and student minus control, paired by run
         p1, p32 = res["points"]["aux=1"], res["points"]["aux=32"]
         d = np.subtract(p32["aux only"]["acc"], p1["aux only"]["acc"])
