@@ -14,10 +14,10 @@ the bound (teacher hidden layers + init digit rows); the student's gain over its
 transfer bought. Each pretrained init against random: the paired difference of that gain (run r
 starts from the same random draw in every condition), with 95% t-CIs.
 
-Regenerate plots/topic_a_pretrained_init.png and results/topic_a_pretrained_init.json (about 20 min
-on the 2-core CPU at 10 runs; resumes finished points):
+Regenerate plots/topic_a_pretrained_init.png and results/topic_a_pretrained_init.json (about 28 min
+on one core of the 2-core CPU at 25 runs; resumes finished points):
 
-    python topic_a_pretrained_init.py --runs 10
+    python topic_a_pretrained_init.py --runs 25
 """
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ def plot(summary, gain, a):
                edgecolor="k", label={"init": "shared init itself", "bound": "bound (teacher body + init digit rows)",
                                      "aux only": "aux-only student",
                                      "cross-model aux only": "cross-model aux-only (control)"}.get(s, s))
-        for xi, mi in zip(x, m):
-            ax.text(xi + (j - off) * w, mi + 0.02, f"{mi:.2f}", ha="center", fontsize=7)
+        for xi, mi, ei in zip(x, m, e):
+            ax.text(xi + (j - off) * w, mi + ei + 0.015, f"{mi:.2f}", ha="center", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels([f"{n}\nstudent gain over init: {gain[n]['mean']:+.3f} +- {gain[n]['half_width']:.3f}"
                         for n in INITS], fontsize=9)
