@@ -10,12 +10,13 @@ Levers, as named configurations (CONFIGS):
   student   distillation epochs, learning rate, temperature, loss (kl/mse), batch size;
   inputs    uniform noise (default), Gaussian, blurred Gaussian noise (sigma pixels);
   model     hidden width, init scale.
---search runs the configurations of SEARCH with --search-runs runs, each with its cross-model control
-(resumable, every result logged to results/topic_a_maximize_search.json); without it the script runs one configuration
-(--config, default the best found) with --runs runs and writes results/topic_a_maximize.json and
-plots/topic_a_maximize.png (another --config: topic_a_maximize_<config>.*): the student during
-distillation and at the end, next to its bound and its teacher. The common training
-flags (--teacher-epochs, --student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
+--search runs the configurations of SEARCH with --search-runs runs, each with its cross-model
+control (resumable, every result logged to results/topic_a_maximize_search.json); without it the
+script runs one configuration (--config, default the best found) with --runs runs and writes
+results/topic_a_maximize.json and plots/topic_a_maximize.png (another --config:
+topic_a_maximize_<config>.*): the student during distillation and at the end, next to its bound,
+its teacher and its cross-model control. The common training flags (--teacher-epochs,
+--student-epochs, --lr, --batch-size) are ignored: the configuration sets them.
 
     python topic_a_maximize.py --search --search-runs 5     # the logged search, each configuration with its
                                                             # cross-model control (~31 min on one core)
