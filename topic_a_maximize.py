@@ -20,7 +20,8 @@ its teacher and its cross-model control. The common training flags (--teacher-ep
 
     python topic_a_maximize.py --search --search-runs 5     # the logged search, each configuration with its
                                                             # cross-model control (~31 min on one core)
-    python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs (~17 min)
+    python topic_a_maximize.py --runs 25                    # the best configuration, 25 runs, with its
+                                                            # control (~45 min on one core)
 """
 from __future__ import annotations
 
