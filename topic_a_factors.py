@@ -17,11 +17,12 @@ derangement as in A.1). Paired differences between neighbouring values of each f
 x[i], run r against run r): the runs share their seeds (init generator, data order, noise draws),
 though where the shapes differ not the init values themselves.
 
-Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (10 runs with the control:
-about 45 min on one core of the 2-core CPU; resumes finished points). The earlier 5-run sweep
+Regenerate plots/topic_a_factors.png and results/topic_a_factors.json (25 runs with the control:
+about 1.9 h on one core of the 2-core CPU, 2 to 24 min per point; resumes finished points, and
+processes given different --factors can share the file, one per core). The earlier 5-run sweep
 without the control is kept as results/topic_a_factors_5runs.json:
 
-    python topic_a_factors.py --runs 10 --cross-control
+    python topic_a_factors.py --runs 25 --cross-control
 """
 from __future__ import annotations
 
@@ -107,6 +108,12 @@ def main(argv=None):
     extra = {"aux_minus_cross": {f: [U.paired_ci(P[name(f, x)]["aux only"]["acc"],
                                                  P[name(f, x)]["cross-model aux only"]["acc"])
                                      for x in xs[f]] for f in a.factors}} if a.cross_control else {}
+    if a.cross_control:  # the control against the untrained init it started from (another run's), run by run
+        perm = U.derangement(a.runs, U.generator(a.seed, "pairing")).tolist()
+        extra["cross_minus_its_init"] = {
+            f: [U.paired_ci(P[name(f, x)]["cross-model aux only"]["acc"],
+                            [P[name(f, x)]["reference"]["acc"][j] for j in perm]) for x in xs[f]]
+            for f in a.factors}
     sweep.save(summary=summary, aux_over_bound=summary_ratio, paired_neighbours=paired, **extra,
                peak_rss_mb=round(U.peak_rss_mb()))
     for f in a.factors:

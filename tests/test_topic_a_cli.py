@@ -92,9 +92,11 @@ STEP2 = {
     "topic_a_num_classes.py": (["--ks", "2", "3", "--dip-ks", "3", "--fixed-count", "4", "--cross-control"], ["summary"]),
     "topic_a_noise_spectrum.py": (["--study", "spectrum", "--epochs", "2", "--n-measure", "500"], ["summary"]),
     "topic_a_factors.py": (["--factors", "aux", "dataset", "--cross-control"],
-                           ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
+                           ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross",
+                            "cross_minus_its_init"]),
     "topic_a_wide_channel.py": (["--hidden", "16", "--aux", "1", "32"],
-                                ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross"]),
+                                ["summary", "aux_over_bound", "paired_neighbours", "aux_minus_cross",
+                            "cross_minus_its_init"]),
     "topic_a_pretrained_init.py": (["--pretrain-epochs", "1"],
                                    ["summary", "student_gain_over_init", "paired_bound_minus_random"]),
     "topic_a_logit_noise.py": (["--levels", "0", "2"], ["summary", "paired_vs_0"]),
@@ -122,6 +124,10 @@ def test_step2_scripts_run_end_to_end_and_resume(tmp_path, mnist_dir, script):
             assert res["summary"]["aux_minus_cross"][i]["mean"] == pytest.approx(d.mean())
         d1 = np.subtract(res["points"]["alpha=1"]["aux only"]["acc"], res["points"]["alpha=0"]["aux only"]["acc"])
         assert res["summary"]["minus_first_alpha"]["aux only"][1]["mean"] == pytest.approx(d1.mean())
+    if script == "topic_a_factors.py":  # with 2 runs the derangement swaps them: control i started from init 1 - i
+        p = res["points"]["aux=1"]  # one aux logit under KL: no gradient, so the control is exactly its init
+        assert p["cross-model aux only"]["acc"] == p["reference"]["acc"][::-1]
+        assert res["cross_minus_its_init"]["aux"][0]["mean"] == 0
     if script == "topic_a_pretrained_init.py":  # each pretrained init against random, paired by run
         p, r = res["points"]["Fashion-MNIST"], res["points"]["random"]
         d = np.subtract(p["bound"]["acc"], r["bound"]["acc"])
