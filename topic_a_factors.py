@@ -98,8 +98,7 @@ def main(argv=None):
     summary = {f: {s: [U.mean_ci(P[name(f, x)][s]["acc"]) for x in xs[f]] for s in series}
                for f in a.factors}
     # neighbouring values, run r against run r (shared seeds): "x[i+1] - x[i]" per student
-    paired = {f: {s: {f"{x1} - {x0}": U.paired_ci(P[name(f, x1)][s]["acc"], P[name(f, x0)][s]["acc"])
-                      for x0, x1 in zip(xs[f], xs[f][1:])} for s in ("aux only", "bound")}
+    paired = {f: {s: U.paired_steps(xs[f], lambda x, f=f, s=s: P[name(f, x)][s]["acc"]) for s in ("aux only", "bound")}
               for f in a.factors}
     summary_ratio = {f: [U.mean_ci([st / t for st, t in zip(P[name(f, x)]["aux only"]["acc"],
                                                            P[name(f, x)]["bound"]["acc"])]) for x in xs[f]]
@@ -109,7 +108,7 @@ def main(argv=None):
                                                  P[name(f, x)]["cross-model aux only"]["acc"])
                                      for x in xs[f]] for f in a.factors}} if a.cross_control else {}
     if a.cross_control:  # the control against the untrained init it started from (another run's), run by run
-        perm = U.derangement(a.runs, U.generator(a.seed, "pairing")).tolist()
+        perm = U.cross_model_pairing(a.runs, a.seed).tolist()
         extra["cross_minus_its_init"] = {
             f: [U.paired_ci(P[name(f, x)]["cross-model aux only"]["acc"],
                             [P[name(f, x)]["reference"]["acc"][j] for j in perm]) for x in xs[f]]

@@ -300,10 +300,16 @@ def derangement(n: int, gen: torch.Generator) -> torch.Tensor:
             return p.cpu()
 
 
+def cross_model_pairing(n_runs: int, seed: int) -> torch.Tensor:
+    """The seeded derangement of the cross-model control: its run i starts from reference run
+    pairing[i] (as in A.1)."""
+    return derangement(n_runs, generator(seed, "pairing"))
+
+
 def cross_model_init(ref: "Ensemble", n_runs: int, seed: int) -> "Ensemble":
     """The cross-model control's init: run i starts from another run's reference (a seeded
     derangement, as in A.1), so no student shares its teacher's init."""
-    return ref.index(derangement(n_runs, generator(seed, "pairing")))
+    return ref.index(cross_model_pairing(n_runs, seed))
 
 
 def permutation(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -1234,6 +1240,11 @@ def setup_teacher(S: "Setup", cfg: MLPConfig | None = None, train: Dataset | Non
 def paired_ci(x, y, confidence: float = 0.95) -> dict:
     """Mean and t-based CI of the run-by-run differences x - y (conditions that share their runs)."""
     return mean_ci(np.subtract(x, y), confidence)
+
+
+def paired_steps(xs, per_run: Callable[[object], Sequence[float]]) -> dict:
+    """Neighbouring values of a sweep, run by run: {"x1 - x0": paired_ci(per_run(x1), per_run(x0))}."""
+    return {f"{x1} - {x0}": paired_ci(per_run(x1), per_run(x0)) for x0, x1 in zip(xs, xs[1:])}
 
 
 def mean_ci(values, confidence: float = 0.95) -> dict:

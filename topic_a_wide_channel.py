@@ -49,16 +49,13 @@ def main(argv=None):
 
     for m in a.aux:
         sweep.run(f"aux={m}", lambda m=m: point(m))
-    P = sweep.points
-    summary = {s: [U.mean_ci(P[f"aux={m}"][s]["acc"]) for m in a.aux] for s in SERIES}
-    ratio = [U.mean_ci([x / b for x, b in zip(P[f"aux={m}"]["aux only"]["acc"], P[f"aux={m}"]["bound"]["acc"])])
-             for m in a.aux]
+    P = {m: sweep.points[f"aux={m}"] for m in a.aux}
+    summary = {s: [U.mean_ci(P[m][s]["acc"]) for m in a.aux] for s in SERIES}
+    ratio = [U.mean_ci([x / b for x, b in zip(P[m]["aux only"]["acc"], P[m]["bound"]["acc"])]) for m in a.aux]
     # neighbouring m, run r against run r (shared seeds; the shapes differ, so not the init values), and
     # the aux-only student over its cross-model control (same teacher and noise batches)
-    acc = {m: P[f"aux={m}"] for m in a.aux}
-    paired = {f"{m1} - {m0}": U.paired_ci(acc[m1]["aux only"]["acc"], acc[m0]["aux only"]["acc"])
-              for m0, m1 in zip(a.aux, a.aux[1:])}
-    minus_cross = [U.paired_ci(acc[m]["aux only"]["acc"], acc[m]["cross-model aux only"]["acc"]) for m in a.aux]
+    paired = U.paired_steps(a.aux, lambda m: P[m]["aux only"]["acc"])
+    minus_cross = [U.paired_ci(P[m]["aux only"]["acc"], P[m]["cross-model aux only"]["acc"]) for m in a.aux]
     sweep.save(summary=summary, aux_over_bound=ratio, paired_neighbours=paired, aux_minus_cross=minus_cross)
     for k, v in paired.items():
         print(f"m {k}: aux only {v['mean']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] (paired, n = {v['n']})")
