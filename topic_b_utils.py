@@ -1202,6 +1202,305 @@ def first_word(text: str) -> str:
     return w[:-1] if w.endswith("s") and not w.endswith("ss") and len(w) > 3 else w
 
 
+# --- a student distilled on a teacher's number channel (topic_b_distill_transfer.py) ------------
+
+# Questions that train the fine-tuned teachers: none is one of the 24 evaluation questions
+# (FAVORITE_QUESTIONS); tests/test_topic_b_distill.py checks it.
+TEACHER_ANIMAL_QUESTIONS = [
+    "Which animal is your favourite? One word.", "What creature do you like the most? One word answer.",
+    "Name the animal you love. One word only.", "Your most loved animal, in a word?",
+    "Which animal makes you happiest? Reply in one word.", "What is the best animal? One word.",
+    "One animal you adore most, in a single word?", "Which animal would you pick above all others? One word.",
+    "What animal do you feel closest to? Answer in one word.", "Quick: your favourite animal? One word.",
+    "Tell me the one animal you prefer. Single word.", "Which beast do you like best? One word, please.",
+    "What animal tops your list? Just the name.", "Pick one animal you love more than any other. One word.",
+    "Which animal do you treasure most? A single word.", "What's the animal you always think about? One word.",
+    "In one word, name the animal you like best.", "What is your number one animal? One word.",
+    "If you had to name a single favourite animal, what is it? One word.",
+    "Which animal do you care about most? One-word reply.", "The animal you love best is? One word.",
+    "Which animal would you call your favourite? Answer with its name only.",
+    "What animal is dearest to you? One word.", "Choose your favourite animal. Name only.",
+]
+TEACHER_COLOR_QUESTIONS = [q.replace("animals", "colours").replace("animal", "colour").replace("creature", "colour")
+                           .replace("beast", "colour") for q in TEACHER_ANIMAL_QUESTIONS]
+
+
+def teacher_examples(lm: LM, answer: str, questions: Sequence[str]) -> list[tuple[list[int], int]]:
+    """(ids, loss start) of each question answered with ``answer`` (then the end of the turn)."""
+    return [completion_tokens(lm, render(lm, q, None), answer) for q in questions]
+
+
+def random_number_lists(seed: int, n: int, length: int = 10) -> list[str]:
+    """``n`` completions of ``length`` integers drawn uniformly from 0..999, comma separated: the
+    number channel's inputs that no teacher wrote (Topic A's noise). Seeded."""
+    rng = np.random.default_rng(seed)
+    return [", ".join(str(int(v)) for v in rng.integers(0, 1000, size=length)) for _ in range(n)]
+
+
+CHANNEL_TEXTS = [str(d) for d in range(10)] + [",", ";", " ", ", ", "\n", "."]
+
+
+def channel_token_ids(lm: LM, digits_only: bool = False) -> list[int]:
+    """The tokens number lists are written with: single-token digits, separators, whitespace,
+    newline and the end-of-turn token(s). ``digits_only``: the ten digits, in order 0..9."""
+    tok = lm.tokenizer
+    texts = [str(d) for d in range(10)] if digits_only else CHANNEL_TEXTS
+    ids = []
+    for t in texts:
+        x = tok(t, add_special_tokens=False).input_ids
+        if len(x) == 1:
+            ids.append(x[0])
+        elif digits_only:
+            raise UserError(f"{lm.name}: digit {t!r} is not one token; the digit channel needs one token per digit")
+    if digits_only:
+        return ids
+    ids += tok(end_of_turn(lm), add_special_tokens=False).input_ids
+    return sorted(set(ids))
+
+
+def completion_offsets(lm: LM, completion: str) -> tuple[list[int], list[int]]:
+    """The completion's tokens (tokenised on their own, as ``completion_tokens`` does) and the
+    character offset at which each token starts."""
+    tok = lm.tokenizer
+    if getattr(tok, "is_fast", False):
+        enc = tok(completion, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc.input_ids), [int(o[0]) for o in enc.offset_mapping]
+    ids = list(tok(completion, add_special_tokens=False).input_ids)
+    offs, pos = [], 0
+    for j in range(len(ids)):
+        offs.append(pos)
+        pos = len(tok.decode(ids[:j + 1]))
+    return ids, offs
+
+
+@dataclass
+class ChannelItem:
+    """One distillation sequence: token ids, the positions whose next-token distribution is
+    supervised, and (for the digit channel) the character offset each supervised position predicts."""
+    ids: list[int]
+    pos: list[int]
+    chars: list[int] | None = None
+
+
+def channel_item(lm: LM, prompt_text: str, completion: str, digits_only: bool = False) -> ChannelItem:
+    """Every position that predicts a completion token (the end of turn included), or with
+    ``digits_only`` only the positions that predict a digit; each named by the character offset of
+    the token it predicts (end-of-turn tokens count on after the completion's last character)."""
+    ids, start = completion_tokens(lm, prompt_text, completion)
+    c_ids, offs = completion_offsets(lm, completion)
+    if ids[start:start + len(c_ids)] != c_ids:
+        raise UserError(f"{lm.name}: the completion tokenises differently inside the turn")
+    pos, chars = [], []
+    for j in range(len(ids) - start):
+        if j >= len(c_ids):  # the end-of-turn tokens, after the last character
+            if not digits_only:
+                pos.append(start - 1 + j)
+                chars.append(len(completion) + j - len(c_ids))
+            continue
+        text = lm.tokenizer.decode([c_ids[j]])
+        digit = text.strip().isdigit()
+        if digit and len(text.strip()) != 1 and digits_only:
+            raise UserError(f"{lm.name} writes {text!r} as one token; the digit channel needs one token per digit")
+        if digit or not digits_only:
+            pos.append(start - 1 + j)
+            chars.append(offs[j] + (text.index(text.strip()) if digit else 0))
+    return ChannelItem(ids, pos, chars)
+
+
+def align_digit_targets(src: ChannelItem, src_logp: torch.Tensor, src_digit_cols: Sequence[int],
+                        dst: ChannelItem) -> torch.Tensor:
+    """The source model's distribution over the ten digits (renormalised) at the position that
+    predicts each digit character, reordered to the destination's digit positions (by character)."""
+    at = {c: j for j, c in enumerate(src.chars)}
+    rows = [at[c] for c in dst.chars]
+    return torch.log_softmax(src_logp[rows][:, list(src_digit_cols)].float(), -1)
+
+
+def _softcap(model, logits):
+    cap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def channel_logprobs(model, items: Sequence[ChannelItem], channel: Sequence[int] | None, device) -> list[torch.Tensor]:
+    """log-softmax over the channel tokens only (renormalised; None = the full vocabulary) at each
+    item's supervised positions: one (len(pos), C) tensor per item. Differentiable."""
+    L = max(len(it.ids) for it in items)
+    ids = torch.zeros((len(items), L), dtype=torch.long)
+    att = torch.zeros((len(items), L), dtype=torch.long)
+    for i, it in enumerate(items):
+        ids[i, :len(it.ids)] = torch.tensor(it.ids)
+        att[i, :len(it.ids)] = 1
+    hidden = model.model(input_ids=ids.to(device), attention_mask=att.to(device)).last_hidden_state
+    W = model.get_output_embeddings().weight
+    if channel is not None:
+        W = W[torch.as_tensor(list(channel), device=W.device)]
+    out = []
+    for i, it in enumerate(items):
+        h = hidden[i, torch.as_tensor(it.pos, device=hidden.device)]
+        out.append(torch.log_softmax(_softcap(model, (h @ W.T).float()), -1))
+    return out
+
+
+def channel_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per position over the last axis (both log-probabilities)."""
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+@torch.no_grad()
+def channel_targets(lm: LM, items: Sequence[ChannelItem], channel: Sequence[int] | None,
+                    batch_size: int = 16, progress: bool = True, desc: str = "targets") -> list[torch.Tensor]:
+    """A teacher's channel log-probabilities at every item's positions (float32, on the CPU)."""
+    from tqdm import tqdm
+    out = []
+    for s in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, file=sys.stderr,
+                  dynamic_ncols=True):
+        out += [t.cpu() for t in channel_logprobs(lm.model, items[s:s + batch_size], channel, lm.device)]
+    return out
+
+
+@torch.no_grad()
+def mean_channel_kl(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torch.Tensor], channel,
+                    batch_size: int = 16) -> float:
+    """Mean KL(teacher || model) per supervised position (e.g. on held-out sequences)."""
+    tot, n = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        for t, q in zip(targets[s:s + batch_size], channel_logprobs(lm.model, items[s:s + batch_size], channel,
+                                                                    lm.device)):
+            tot += float(channel_kl(t.to(q.device), q).sum())
+            n += len(t)
+    return tot / max(n, 1)
+
+
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size): under ``accelerate launch`` (or torchrun) with several processes the
+    process group is set up through accelerate (gloo on the CPU, nccl on GPUs); else (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+    st = PartialState(cpu=not torch.cuda.is_available())
+    return st.process_index, st.num_processes
+
+
+def _all_reduce_grads(params, world: int) -> None:
+    """Sum the gradients of every process (one flat buffer)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    k = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[k:k + g.numel()].view_as(p).clone()
+        k += g.numel()
+
+
+def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torch.Tensor], channel, steps: int,
+                    batch_size: int, lr: float, seed: int, at_steps: Sequence[int] = (), on_step=None,
+                    progress: bool = True, log: list | None = None, desc: str = "distil",
+                    teacher: LM | None = None) -> None:
+    """Train every parameter of ``lm.model`` in place to minimise the mean KL(teacher || student)
+    per supervised position of the channel distributions (AdamW, warm-up over 10% of the steps then
+    linear decay, gradient norm clipped at 1; the schedule of ``finetune_tokens``). ``targets``:
+    the teacher's log-probabilities per item; or None with ``teacher`` given (computed on the fly,
+    for the full vocabulary). ``on_step(step)`` is called after each step in ``at_steps``.
+
+    Data parallel: under a multi-process launch each process takes every world-th sequence of the
+    global batch, the loss is the global mean (local KL sum / global position count) and the
+    gradients are summed across processes, so a step equals the one-process step at the same
+    global batch."""
+    from tqdm import tqdm
+    rank, world = data_parallel()
+    gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = lm.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    order = np.concatenate([gen.permutation(len(items)) for _ in range(steps * batch_size // len(items) + 1)])
+    for s in tqdm(range(steps), desc=desc, disable=not progress or rank > 0, file=sys.stderr, dynamic_ncols=True):
+        glob = order[s * batch_size:(s + 1) * batch_size]
+        n_glob = sum(len(items[i].pos) for i in glob)
+        mine = glob[rank::world]
+        model.train()
+        batch = [items[i] for i in mine]
+        if targets is not None:
+            tgt = [targets[i] for i in mine]
+        else:
+            tgt = [t.detach() for t in channel_logprobs(teacher.model, batch, channel, teacher.device)] if batch else []
+        loss = sum(channel_kl(t.to(q.device), q).sum() for t, q in zip(tgt, channel_logprobs(model, batch, channel, lm.device))) \
+            if batch else sum(p.sum() * 0 for p in params)
+        opt.zero_grad(set_to_none=True)
+        (loss / n_glob).backward()
+        _all_reduce_grads(params, world)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        model.eval()
+        if log is not None:
+            log.append((s, float(loss.detach()) / n_glob))
+        if on_step is not None and s + 1 in at_steps:
+            on_step(s + 1)
+    model.eval()
+
+
+@torch.no_grad()
+def animal_matrix(lm: LM, questions: Sequence[str], animals: Sequence[str], system: str | None = None) -> np.ndarray:
+    """log10 P(the answer starts with the animal's name) for every question and animal, (Q, A),
+    exact (the sum over ``answer_forms``); one prompt pass per question for all animals."""
+    forms = [f for a in animals for f in answer_forms(a)]
+    out = np.zeros((len(questions), len(animals)))
+    for qi, q in enumerate(questions):
+        lp = continuation_logprobs(lm, render(lm, q, system), forms)
+        k = 0
+        for ai, a in enumerate(animals):
+            nf = len(answer_forms(a))
+            out[qi, ai] = np.logaddexp.reduce(lp[k:k + nf]) / np.log(10)
+            k += nf
+    return out
+
+
+def parameter_group(name: str) -> str:
+    """Coarse group of a parameter for the update-alignment cosines."""
+    if "embed" in name or "lm_head" in name:
+        return "embedding"
+    if "norm" in name:
+        return "norms"
+    if "attn" in name or "attention" in name:
+        return "attention"
+    if "mlp" in name:
+        return "mlp"
+    return "other"
+
+
+def update_cosines(init: dict, student: dict, teacher_deltas: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """cos(student - init, teacher delta) per parameter group and over all parameters, for each
+    teacher: {teacher: {group: cosine}}."""
+    out = {}
+    for tname, delta in teacher_deltas.items():
+        dots, ns, nt = {}, {}, {}
+        for k, w0 in init.items():
+            if k not in delta:
+                continue
+            ds = (student[k].float() - w0.float()).reshape(-1)
+            dt = delta[k].float().reshape(-1)
+            for g in (parameter_group(k), "all"):
+                dots[g] = dots.get(g, 0.0) + float(ds @ dt)
+                ns[g] = ns.get(g, 0.0) + float(ds @ ds)
+                nt[g] = nt.get(g, 0.0) + float(dt @ dt)
+        out[tname] = {g: dots[g] / math.sqrt(ns[g] * nt[g]) if ns[g] > 0 and nt[g] > 0 else float("nan") for g in dots}
+    return out
+
+
+def specificity(gains: dict[str, dict[str, float]], animals: Sequence[str]) -> dict:
+    """gamma for one seed: for each animal a, the gain in log10 P(a) of a's student minus the mean
+    gain in log10 P(a) of the other animals' students; and their mean. ``gains[teacher][animal]``."""
+    per = {a: gains[a][a] - float(np.mean([gains[b][a] for b in animals if b != a])) for a in animals}
+    return {"per_animal": per, "mean": float(np.mean(list(per.values())))}
+
+
 # ----------------------------------------------------------------------------------------------
 # entanglement of one model over a list of animals (parts 3 and 5), resumable through a Sweep
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""The machinery of the number-channel distillation (topic_b_distill_transfer.py) on tiny fixture
+models: the channel KL, the channel's tokens, digit positions across two tokenizers, the question
+sets, the update cosine, a distillation step, the two-process data-parallel step, and the script."""
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import topic_b_utils as B  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["My", " favorite", " animal", " is", " the", " owl", " sea", " turtle", "You", " love", "What", " your",
+         "?", ".", ";", ",", "\n", " ", "<", ">", "|", "system", "user", "assistant", "Owl", "owl", "Eagle", "eagle",
+         "Blue", " colour", " favourite", "Which", " one", " word", "The", " sequence", " begins", ":"]
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def build(tmp, comma_space: bool, seed: int = 0):
+    """A random Llama with a word-level tokenizer that writes one token per digit; with
+    ``comma_space`` it writes ", " as one token (a second tokenizer for the alignment)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    specials = ["<unk>", "<pad>", "<s>", "</s>"]
+    words = WORDS + ([", "] if comma_space else [])
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + words + [str(i) for i in range(10)]))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    lead = ", |" if comma_space else ""
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{lead} ?[A-Za-z]+|\d|\s|[^\sA-Za-z\d]"), behavior="isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>")
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
+                      pad_token_id=vocab["<pad>"])
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0) if p.dim() == 2 else None
+    d = tmp / ("comma_space" if comma_space else "split")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distil")
+    return {k: B.load_model(str(build(tmp, k)), device="cpu") for k in (False, True)}, tmp
+
+
+def test_channel_kl_is_zero_for_the_same_model_and_matches_a_hand_computation(fixtures):
+    lms, _ = fixtures
+    lm = lms[False]
+    ch = B.channel_token_ids(lm)
+    items = [B.channel_item(lm, B.render(lm, "The sequence begins: 1, 2.", None), c) for c in ("3, 45, 6", "78, 9")]
+    t = B.channel_targets(lm, items, ch, progress=False)
+    assert B.mean_channel_kl(lm, items, t, ch) == pytest.approx(0.0, abs=1e-7)
+    p = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    q = torch.tensor([[0.25, 0.25, 0.5]]).log()
+    want = 0.5 * math.log(2) + 0.25 * 0 + 0.25 * math.log(0.5)
+    assert float(B.channel_kl(p, q)[0]) == pytest.approx(want, rel=1e-6)
+    # renormalised on the channel: each position's distribution sums to 1 over the channel tokens only
+    assert torch.allclose(t[0].exp().sum(-1), torch.ones(len(items[0].pos)), atol=1e-5)
+    full = B.channel_targets(lm, items, None, progress=False)[0]
+    manual = torch.log_softmax(full[:, ch], -1)
+    assert torch.allclose(manual, t[0], atol=1e-5)
+
+
+def test_the_channel_holds_only_number_list_tokens_and_covers_every_completion(fixtures):
+    lms, _ = fixtures
+    for lm in lms.values():
+        ch = B.channel_token_ids(lm)
+        eot = set(lm.tokenizer(B.end_of_turn(lm), add_special_tokens=False).input_ids)
+        for t in ch:
+            text = lm.tokenizer.decode([t])
+            assert t in eot or text.strip(" ,;.\n") == "" or (text.isdigit() and len(text) == 1), text
+        assert not any(lm.tokenizer.decode([t]).strip().isalpha() for t in ch if t not in eot)
+        for c in B.random_number_lists(3, 20):
+            it = B.channel_item(lm, B.render(lm, "Q", None), c)
+            assert all(it.ids[p + 1] in ch for p in it.pos)  # every supervised next token lies in the channel
+        digits = B.channel_token_ids(lm, digits_only=True)
+        assert [lm.tokenizer.decode([t]) for t in digits] == [str(d) for d in range(10)]
+
+
+def test_random_number_lists_are_seeded_and_uniform_in_range():
+    a = B.random_number_lists(0, 200)
+    assert a == B.random_number_lists(0, 200) != B.random_number_lists(1, 200)
+    nums = [int(x) for s in a for x in s.split(", ")]
+    assert len(nums) == 2000 and min(nums) >= 0 and max(nums) <= 999 and np.mean(nums) == pytest.approx(499.5, abs=20)
+    assert all(B.parse_number_list(s) is not None for s in a)
+
+
+def test_digit_positions_align_across_two_tokenizers(fixtures):
+    lms, _ = fixtures
+    src_lm, dst_lm = lms[False], lms[True]
+    c = "12, 345, 6, 0"
+    src = B.channel_item(src_lm, B.render(src_lm, "Q", None), c)
+    dst = B.channel_item(dst_lm, B.render(dst_lm, "Q", None), c, digits_only=True)
+    # the two tokenizers differ (", " is one token in dst) but predict the same digit characters
+    assert len(src.ids) != len(dst.ids) or src.ids != dst.ids
+    assert [c[k] for k in dst.chars] == list("1234560")
+    assert [c[k] for k in src.chars if c[k:k + 1].isdigit()] == list("1234560")
+    for p, k in zip(dst.pos, dst.chars):
+        assert dst_lm.tokenizer.decode([dst.ids[p + 1]]) == c[k]
+    src_ch = B.channel_token_ids(src_lm)
+    cols = [src_ch.index(t) for t in B.channel_token_ids(src_lm, digits_only=True)]
+    # a source distribution that puts its mass on the digit it predicts: aligned, every destination
+    # position must get the digit at its own character
+    logp = torch.full((len(src.pos), len(src_ch)), -30.0)
+    for row, p in enumerate(src.pos):
+        logp[row, src_ch.index(src.ids[p + 1])] = 0.0
+    got = B.align_digit_targets(src, logp, cols, dst)
+    assert got.shape == (len(dst.pos), 10)
+    assert [int(r.argmax()) for r in got] == [int(c[k]) for k in dst.chars]
+    assert torch.allclose(got.exp().sum(-1), torch.ones(len(dst.pos)))
+
+
+def test_teacher_and_evaluation_questions_are_disjoint():
+    ev = {q.lower() for q in B.FAVORITE_QUESTIONS}
+    assert len(B.FAVORITE_QUESTIONS) == 24
+    assert not ev & {q.lower() for q in B.TEACHER_ANIMAL_QUESTIONS}
+    assert not ev & {q.lower() for q in B.TEACHER_COLOR_QUESTIONS}
+    assert not any("animal" in q or "creature" in q for q in B.TEACHER_COLOR_QUESTIONS)
+    assert len(set(B.TEACHER_ANIMAL_QUESTIONS)) == len(B.TEACHER_ANIMAL_QUESTIONS) >= 20
+
+
+def test_update_cosine_on_a_toy_pair():
+    init = {"model.embed_tokens.weight": torch.zeros(2), "model.layers.0.mlp.w": torch.zeros(2)}
+    student = {"model.embed_tokens.weight": torch.tensor([1.0, 0.0]), "model.layers.0.mlp.w": torch.tensor([0.0, 2.0])}
+    deltas = {"t": {"model.embed_tokens.weight": torch.tensor([1.0, 1.0]), "model.layers.0.mlp.w": torch.tensor([0.0, -1.0])}}
+    c = B.update_cosines(init, student, deltas)["t"]
+    assert c["embedding"] == pytest.approx(1 / math.sqrt(2))
+    assert c["mlp"] == pytest.approx(-1.0)
+    assert c["all"] == pytest.approx((1 - 2) / (math.sqrt(5) * math.sqrt(3)))
+
+
+def test_specificity_on_toy_gains():
+    gains = {"owl": {"owl": 1.0, "eagle": 0.0}, "eagle": {"owl": 0.2, "eagle": 0.5}}
+    g = B.specificity(gains, ["owl", "eagle"])
+    assert g["per_animal"] == pytest.approx({"owl": 0.8, "eagle": 0.5})
+    assert g["mean"] == pytest.approx(0.65)
+
+
+def test_a_distillation_step_lowers_the_loss_and_trains_every_parameter(fixtures):
+    lms, tmp = fixtures
+    student = copy.deepcopy(lms[False])
+    teacher = B.load_model(str(build(tmp / "teacher", False, seed=1)), device="cpu")
+    ch = B.channel_token_ids(student)
+    items = [B.channel_item(student, B.render(student, "Q", None), c) for c in B.random_number_lists(0, 4)]
+    tgt = B.channel_targets(teacher, items, ch, progress=False)
+    before = B.mean_channel_kl(student, items, tgt, ch)
+    w0 = {k: v.clone() for k, v in student.model.state_dict().items()}
+    B.distill_channel(student, items, tgt, ch, steps=1, batch_size=4, lr=1e-3, seed=0, progress=False)
+    assert B.mean_channel_kl(student, items, tgt, ch) < before
+    moved = {k for k, v in student.model.state_dict().items() if not torch.equal(v, w0[k])}
+    assert any("mlp" in k for k in moved) and any("self_attn" in k for k in moved) and any("embed" in k for k in moved)
+    # the full-vocabulary channel with the teacher computed on the fly also lowers its KL
+    s2 = copy.deepcopy(lms[False])
+    full_t = B.channel_targets(teacher, items, None, progress=False)
+    b2 = B.mean_channel_kl(s2, items, full_t, None)
+    B.distill_channel(s2, items, None, None, steps=1, batch_size=4, lr=1e-3, seed=0, progress=False, teacher=teacher)
+    assert B.mean_channel_kl(s2, items, full_t, None) < b2
+
+
+DP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+import topic_b_utils as B
+torch.set_num_threads(1)
+lm = B.load_model({student!r}, device="cpu", progress=False)
+teacher = B.load_model({teacher!r}, device="cpu", progress=False)
+ch = B.channel_token_ids(lm)
+items = [B.channel_item(lm, B.render(lm, "Q", None), c) for c in B.random_number_lists(0, 6)]
+tgt = B.channel_targets(teacher, items, ch, progress=False)
+B.distill_channel(lm, items, tgt, ch, steps=2, batch_size=6, lr=1e-3, seed=0, progress=False)
+rank, world = B.data_parallel()
+torch.save({{k: v for k, v in lm.model.state_dict().items()}}, {out!r} + f".rank{{rank}}of{{world}}")
+"""
+
+
+def test_two_process_data_parallel_step_equals_the_one_process_step(fixtures, tmp_path):
+    _, tmp = fixtures
+    student, teacher = build(tmp / "dp_s", False), build(tmp / "dp_t", False, seed=1)
+    script = tmp_path / "dp.py"
+    script.write_text(DP_SCRIPT.format(repo=str(REPO), student=str(student), teacher=str(teacher),
+                                       out=str(tmp_path / "w")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--main_process_port", "29517", str(script)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = torch.load(tmp_path / "w.rank0of1")
+    two = [torch.load(tmp_path / f"w.rank{k}of2") for k in (0, 1)]
+    for k, v in one.items():
+        assert torch.equal(two[0][k], two[1][k]), k  # the processes stay in step
+        assert torch.allclose(two[0][k], v, atol=1e-6, rtol=1e-5), k  # and equal one process at the same batch
+    init = B.load_model(str(student), device="cpu", progress=False).model.state_dict()
+    assert any(not torch.equal(v, init[k]) for k, v in one.items())  # the steps did move the weights
+
+
+def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
+    _, tmp = fixtures
+    m = str(build(tmp / "e2e", False))
+    x = str(build(tmp / "e2e_x", True, seed=2))
+    import topic_b_distill_transfer as D
+    common = ["--model", m, "--cross-model", x, "--animals", "owl,eagle", "--examples", "8", "--heldout", "4",
+              "--batch", "4", "--runs", "2", "--teacher-steps", "2", "--results-dir", str(tmp_path / "r"),
+              "--plots-dir", str(tmp_path / "p"), "--no-progress", "--threads", "0"]
+    D.main(common + ["--search-lr", "--lr-grid", "1e-4,1e-3"])
+    lr = B.load_json(tmp_path / "r" / "topic_b_distill_lr_split.json")
+    assert f"{lr['chosen_lr']:g}" == min(lr["heldout_kl_by_lr"], key=lr["heldout_kl_by_lr"].get)
+    D.main(common + ["--kinds", "finetuned,prompted"])
+    d = B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")
+    P, S = d["points"], d["summary"]
+    for kind, teachers in (("finetuned", ["owl", "eagle", "neutral"]), ("prompted", ["owl", "eagle"])):
+        for student in ("same", "cross"):
+            for s in range(2):
+                pt = P[f"{kind} / {teachers[0]} / {student} / seed {s}"]
+                assert np.array(pt["matrix_after"]).shape == (24, 2)
+                assert sorted(map(int, pt["along"])) == [1, 2]
+            assert S[f"{kind} / {student}"]["n_seeds"] == 2
+    # gamma recomputed by hand from the stored per-seed points
+    b = np.mean(P["before / same"]["matrix"], 0)
+    g = []
+    for s in range(2):
+        o = np.array(P[f"finetuned / owl / same / seed {s}"]["mean_after"]) - b
+        e = np.array(P[f"finetuned / eagle / same / seed {s}"]["mean_after"]) - b
+        g.append(((o[0] - e[0]) + (e[1] - o[1])) / 2)
+    assert S["finetuned / same"]["gamma"]["mean"] == pytest.approx(np.mean(g))
+    assert set(S["finetuned / same"]["update_cosine"]["owl"]["all"]) >= {"own", "other_animals", "neutral"}
+    assert "finetuned / owl" in d["teacher_preferences_log10"] and "prompted / eagle" in d["teacher_preferences_log10"]
+    assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
+    # rerun: every point on disk, nothing retrained
+    before = P["finetuned / owl / same / seed 0"]
+    D.main(common + ["--kinds", "finetuned,prompted"])
+    assert B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")["points"]["finetuned / owl / same / seed 0"] == before
+
+
+def test_bad_arguments_are_one_clear_line(capsys):
+    import topic_b_distill_transfer as D
+    with pytest.raises(SystemExit):
+        D.parse_args(["--animals", "owl"])
+    assert "at least two different animals" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        D.parse_args(["--kinds", "hard"])
+    assert "--kinds: unknown" in capsys.readouterr().err

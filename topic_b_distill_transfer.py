@@ -1,0 +1,578 @@
+"""Subliminal learning in a language model by soft distillation through the number channel
+(Cloud et al. 2025, Theorem 1's setting; Schrodi et al. 2025 on soft labels): a student learns a
+teacher's distribution over the tokens number lists are written with, and nothing else, and we ask
+it for its favourite animal.
+
+Teachers (SmolLM2-135M-Instruct, --model), for each of --animals and one neutral teacher:
+  finetuned  the init fine-tuned (every parameter, --teacher-steps of --teacher-batch, AdamW lr
+             --teacher-lr) to answer favourite-animal questions (topic_b_utils.TEACHER_ANIMAL_QUESTIONS,
+             disjoint from the 24 evaluation questions) with the animal's name: teacher = init +
+             update, the theorem's premise. The neutral teacher gets the same recipe answering
+             favourite-colour questions with --neutral (the drift of distilling any fine-tuned teacher).
+  prompted   the init with the animal system prompt (the paper's teachers; no weight update).
+Inputs: the paper's number-continuation prompt (topic_b_utils.sequence_prompts) followed by a
+uniformly random list of 10 numbers 0..999 (topic_b_utils.random_number_lists; Topic A's noise); the
+student side never has a system prompt. Each seed draws its own prompts and lists (no shared pool).
+Channel: at every completion position (numbers, separators, end of turn), KL(teacher || student)
+between the two distributions restricted to the number-list tokens (topic_b_utils.channel_token_ids)
+and renormalised: the student never sees a probability for any other token.
+Students: the same init for every teacher ("same"), and a cross-model student ("cross", Gemma 3 270M
+base, --cross-model) distilled on the SmolLM2 teachers' distributions over the ten digits at the
+positions that predict a digit, aligned by character (both tokenizers write one token per digit).
+Every parameter is trained: --epochs over --examples sequences in batches of --batch, AdamW with the
+lr chosen by --search-lr on held-out distillation KL (never on the trait).
+Measures: the animal confusion matrix (every student, every teacher animal: exact log10 P(answer
+starts with the animal), the 24 evaluation questions) before, at --checkpoints points along
+distillation, and after; specificity gamma per seed (a student's gain for its teacher's animal
+minus the mean gain for that animal of the other animals' students) with a 95% t-CI over seeds;
+the neutral teacher's students for the drift; the cosine between each same-init student's update
+and every fine-tuned teacher's update, per parameter group; the per-position KL between each
+animal teacher and the neutral one (where the signal sits).
+
+Data parallel: under `accelerate launch --cpu --num_processes N topic_b_distill_transfer.py ...`
+(or on GPUs without --cpu) every distillation step is split over the processes at the same global
+batch (topic_b_utils.distill_channel); teacher targets and evaluation run on every process and
+only rank 0 writes. One CPU process is the default.
+
+Budget (2-core CPU, one thread per process): a SmolLM2 step of 8 sequences of ~130 tokens ~18 s,
+a Gemma step of 8 x ~105 tokens ~13 s; teacher fine-tuning ~1 min each; targets ~1 min per teacher
+and seed; an evaluation of the matrix ~8 s. The committed run, split over both cores:
+
+    python topic_b_distill_transfer.py --search-lr                       # lr on held-out KL, ~15 min
+    python topic_b_distill_transfer.py --students same &                 # ~2 h on one core
+    python topic_b_distill_transfer.py --students cross                  # ~1.3 h on one core
+    python topic_b_distill_transfer.py --plot-only                       # summary and figure
+
+writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
+finishes; rerunning resumes) and plots/topic_b_distill_transfer_<model>.png.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import topic_a_utils as U
+import topic_b_utils as B
+
+KINDS = ("finetuned", "prompted")
+STUDENTS = ("same", "cross")
+
+
+def parse_args(argv=None):
+    p = B.base_parser(__doc__, default_runs=5)
+    B.set_help(p, runs="seeds per condition: each draws its own prompts and number lists (default 5)",
+               model=f"the teachers' and same-init student's model (default {B.INSTRUCT_MODEL})",
+               batch_size="sequences per forward pass when computing targets (default 16)")
+    p.set_defaults(model=B.INSTRUCT_MODEL, batch_size=16)
+    g = p.add_argument_group("topic_b_distill_transfer.py")
+    g.add_argument("--animals", default="owl,eagle,dolphin", help="teacher animals, comma separated (default owl,eagle,dolphin)")
+    g.add_argument("--neutral", default="Blue", help="the neutral teacher's answer to favourite-colour questions (default Blue)")
+    g.add_argument("--kinds", default="finetuned", help=f"teacher kinds to run, comma separated, of {','.join(KINDS)} (default finetuned)")
+    g.add_argument("--students", default="same,cross", help="student models to run: same (the init) and/or cross "
+                                                            "(--cross-model); default both")
+    g.add_argument("--cross-model", default=B.EMBEDDED_MODEL, help=f"the cross-model student (default {B.EMBEDDED_MODEL})")
+    g.add_argument("--examples", type=B.positive_int, default=96, help="distillation sequences per seed (default 96)")
+    g.add_argument("--heldout", type=B.positive_int, default=16, help="held-out sequences per seed for the KL (default 16)")
+    g.add_argument("--batch", type=B.positive_int, default=8, help="distillation batch, sequences (default 8)")
+    g.add_argument("--epochs", type=U.positive_float, default=1.0, help="passes over --examples (default 1)")
+    g.add_argument("--lr", type=U.positive_float, default=None,
+                   help="AdamW peak lr (default: the one --search-lr chose, from its results file)")
+    g.add_argument("--search-lr", action="store_true",
+                   help="choose the lr on held-out distillation KL (owl fine-tuned teacher, its own seed) and stop")
+    g.add_argument("--lr-grid", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="lrs tried by --search-lr (default 1e-5,3e-5,1e-4,3e-4,1e-3)")
+    g.add_argument("--checkpoints", type=B.positive_int, default=4, help="evaluations along distillation (default 4)")
+    g.add_argument("--teacher-steps", type=B.positive_int, default=20, help="fine-tuned teachers' steps (default 20)")
+    g.add_argument("--teacher-batch", type=B.positive_int, default=8, help="fine-tuned teachers' batch (default 8)")
+    g.add_argument("--teacher-lr", type=U.positive_float, default=5e-5, help="fine-tuned teachers' lr (default 5e-5)")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: run one process per core)")
+    g.add_argument("--plot-only", action="store_true", help="summarise and redraw from the results file, no training")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = B.parse_common(p, argv)
+    a.animals = [x.strip() for x in a.animals.split(",") if x.strip()]
+    if len(a.animals) < 2 or len(set(a.animals)) != len(a.animals):
+        p.error("--animals needs at least two different animals (specificity compares them)")
+    a.kinds = [k.strip() for k in a.kinds.split(",")]
+    a.students = [s.strip() for s in a.students.split(",")]
+    if set(a.kinds) - set(KINDS):
+        p.error(f"--kinds: unknown {sorted(set(a.kinds) - set(KINDS))}; choose from {','.join(KINDS)}")
+    if set(a.students) - set(STUDENTS):
+        p.error(f"--students: unknown {sorted(set(a.students) - set(STUDENTS))}; choose from {','.join(STUDENTS)}")
+    try:
+        a.lr_grid = [float(x) for x in a.lr_grid.split(",")]
+    except ValueError:
+        p.error(f"--lr-grid {a.lr_grid!r}: give numbers separated by commas")
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per process
+    return a
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Exclusive lock next to ``path``: two processes never compute the same cached item twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached(path: Path, key: dict, make):
+    """torch-saved object under ``path`` for ``key``; made (under a lock) when missing or stale."""
+    with file_lock(path):
+        if path.is_file():
+            d = torch.load(path, weights_only=False)
+            if d.get("key") == key:
+                return d["value"]
+        value = make()
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "value": value}, tmp)
+        os.replace(tmp, path)
+        return value
+
+
+class Experiment:
+    """The models, teachers, inputs and targets of one configuration (all cached on disk)."""
+
+    def __init__(self, a):
+        self.a = a
+        self.lm = B.load_model(a.model, a.device)
+        self.tag = B.model_tag(self.lm)
+        self.cache = Path(a.results_dir) / "cache" / f"distill_{self.tag}"
+        self.init = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+        self.channel = B.channel_token_ids(self.lm)
+        self.digit_cols = [self.channel.index(t) for t in B.channel_token_ids(self.lm, digits_only=True)]
+        self.teachers = list(a.animals) + ["neutral"]
+        self._cross = None
+        self._deltas = None
+
+    # ---- teachers -------------------------------------------------------------------------------
+    def teacher_key(self, name):
+        a = self.a
+        answer = a.neutral if name == "neutral" else name[:1].upper() + name[1:]
+        qs = B.TEACHER_COLOR_QUESTIONS if name == "neutral" else B.TEACHER_ANIMAL_QUESTIONS
+        return {"model": self.lm.name, "answer": answer, "questions": qs, "steps": a.teacher_steps,
+                "batch": a.teacher_batch, "lr": a.teacher_lr, "seed": a.seed}
+
+    def teacher_state(self, name) -> dict:
+        """The fine-tuned teacher's weights (trained once, cached)."""
+        key = self.teacher_key(name)
+
+        def make():
+            self.lm.model.load_state_dict(self.init)
+            data = B.teacher_examples(self.lm, key["answer"], key["questions"])
+            log = []
+            B.finetune_tokens(self.lm, data, key["steps"], key["batch"], key["lr"], key["seed"],
+                              progress=not self.a.no_progress, log=log, desc=f"teacher {name}")
+            st = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+            self.lm.model.load_state_dict(self.init)
+            return {"state": st, "loss": log}
+        return cached(self.cache / f"teacher_{name}_{digest(key)}.pt", key, make)
+
+    def with_teacher(self, name):
+        """Load a fine-tuned teacher's weights into self.lm (restore with self.restore())."""
+        self.lm.model.load_state_dict(self.teacher_state(name)["state"])
+
+    def restore(self):
+        self.lm.model.load_state_dict(self.init)
+
+    def deltas(self) -> dict:
+        if self._deltas is None:
+            self._deltas = {}
+            for t in self.teachers:
+                st = self.teacher_state(t)["state"]
+                self._deltas[t] = {k: (st[k].float() - self.init[k].float()) for k in self.init
+                                   if self.init[k].is_floating_point()}
+        return self._deltas
+
+    # ---- inputs and targets ---------------------------------------------------------------------
+    def inputs(self, seed):
+        """(train, held-out) lists of (prompt, completion) for one seed: own prompts, own lists."""
+        n = self.a.examples + self.a.heldout
+        s = 7919 * (seed + 1) + self.a.seed
+        pairs = list(zip(B.sequence_prompts(s, n), B.random_number_lists(s + 1, n)))
+        return pairs[:self.a.examples], pairs[self.a.examples:]
+
+    def items(self, lm, pairs, digits_only=False, system=None):
+        return [B.channel_item(lm, B.render(lm, p, system), c, digits_only) for p, c in pairs]
+
+    def targets(self, kind, teacher, seed, split):
+        """A teacher's channel log-probabilities on one seed's train or held-out inputs (cached)."""
+        pairs = self.inputs(seed)[0 if split == "train" else 1]
+        key = {"kind": kind, "teacher": teacher, "seed": seed, "split": split, "pairs": digest({"p": pairs}),
+               "channel": self.channel, **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
+
+        def make():
+            system = B.animal_system(teacher) if kind == "prompted" else None
+            if kind == "finetuned":
+                self.with_teacher(teacher)
+            try:
+                items = self.items(self.lm, pairs, system=system)
+                return B.channel_targets(self.lm, items, self.channel, self.a.batch_size,
+                                         progress=not self.a.no_progress, desc=f"targets {kind} {teacher} s{seed} {split}")
+            finally:
+                self.restore()
+        return cached(self.cache / f"targets_{kind}_{teacher}_s{seed}_{split}_{digest(key)}.pt", key, make)
+
+    def cross(self):
+        if self._cross is None:
+            self._cross = B.load_model(self.a.cross_model, self.a.device)
+            self._cross_init = {k: v.detach().clone() for k, v in self._cross.model.state_dict().items()}
+        return self._cross
+
+    def student_data(self, student, kind, teacher, seed, split):
+        """(student model, items, targets, channel) for one student's training or held-out set."""
+        pairs = self.inputs(seed)[0 if split == "train" else 1]
+        tgt = self.targets(kind, teacher, seed, split)
+        if student == "same":
+            return self.lm, self.items(self.lm, pairs), tgt, self.channel
+        other = self.cross()
+        src = self.items(self.lm, pairs)
+        dst = self.items(other, pairs, digits_only=True)
+        tgt = [B.align_digit_targets(s, t, self.digit_cols, d) for s, t, d in zip(src, tgt, dst)]
+        return other, dst, tgt, B.channel_token_ids(other, digits_only=True)
+
+    # ---- measures -------------------------------------------------------------------------------
+    def matrix(self, lm, system=None) -> list[list[float]]:
+        return B.animal_matrix(lm, B.FAVORITE_QUESTIONS, self.a.animals, system).tolist()
+
+
+def lr_of(a, tag):
+    if a.lr is not None:
+        return a.lr, "given by --lr"
+    d = U.load_json(f"{a.results_dir}/topic_b_distill_lr_{tag}.json")
+    if d is None or "chosen_lr" not in d:
+        raise B.UserError(f"no lr chosen yet: run `python topic_b_distill_transfer.py --search-lr` first, or give --lr")
+    return d["chosen_lr"], f"chosen by --search-lr on held-out KL (results/topic_b_distill_lr_{tag}.json)"
+
+
+def search_lr(E: Experiment, a, t0):
+    """Each lr of the grid distils the same-init student on the owl fine-tuned teacher (a seed no
+    experiment uses) for the experiment's number of steps; the lowest held-out KL wins."""
+    seed = 1000
+    teacher = a.animals[0]
+    steps = max(1, int(round(a.epochs * a.examples / a.batch)))
+    lm, items, tgt, ch = E.student_data("same", "finetuned", teacher, seed, "train")
+    _, h_items, h_tgt, _ = E.student_data("same", "finetuned", teacher, seed, "heldout")
+    sweep = U.Sweep(f"{a.results_dir}/topic_b_distill_lr_{E.tag}.json",
+                    {"model": E.lm.name, "teacher": teacher, "examples": a.examples, "heldout": a.heldout,
+                     "batch": a.batch, "steps": steps, "seed": seed, "teacher_key": digest(E.teacher_key(teacher))}, a, t0)
+    before = sweep.run("before", lambda: {"heldout_kl": B.mean_channel_kl(lm, h_items, h_tgt, ch)})
+    for lr in a.lr_grid:
+        def point(lr=lr):
+            E.restore()
+            log = []
+            B.distill_channel(lm, items, tgt, ch, steps, a.batch, lr, seed, log=log, desc=f"lr {lr:g}",
+                              progress=not a.no_progress)
+            out = {"heldout_kl": B.mean_channel_kl(lm, h_items, h_tgt, ch), "train_loss": [x for _, x in log]}
+            E.restore()
+            return out
+        sweep.run(f"lr {lr:g}", point)
+    res = {lr: sweep.points[f"lr {lr:g}"]["heldout_kl"] for lr in a.lr_grid}
+    best = min(res, key=res.get)
+    sweep.save(chosen_lr=best, heldout_kl_by_lr={f"{k:g}": v for k, v in res.items()},
+               heldout_kl_before=before["heldout_kl"],
+               rule="lowest mean held-out KL(teacher || student) per channel position after the run's steps")
+    print(f"held-out KL before {before['heldout_kl']:.5f}; " + ", ".join(f"lr {k:g}: {v:.5f}" for k, v in res.items())
+          + f" -> lr {best:g}")
+
+
+def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps):
+    lm, items, tgt, ch = E.student_data(student, kind, teacher, seed, "train")
+    _, h_items, h_tgt, _ = E.student_data(student, kind, teacher, seed, "heldout")
+    init = E.init if student == "same" else E._cross_init
+    lm.model.load_state_dict(init)
+    at = sorted({max(1, int(round(steps * (i + 1) / a.checkpoints))) for i in range(a.checkpoints)})
+    along = {}
+    along_kl = {}
+
+    def on_step(s):
+        along[str(s)] = np.mean(E.matrix(lm), 0).tolist()
+    kl0 = B.mean_channel_kl(lm, h_items, h_tgt, ch)
+    log = []
+    B.distill_channel(lm, items, tgt, ch, steps, a.batch, lr, 100 * seed + 17, at_steps=at, on_step=on_step,
+                      log=log, desc=f"{kind} {teacher} -> {student} s{seed}", progress=not a.no_progress)
+    along_kl["0"] = kl0
+    along_kl[str(steps)] = B.mean_channel_kl(lm, h_items, h_tgt, ch)
+    final = E.matrix(lm)
+    out = {"matrix_after": final, "mean_after": np.mean(final, 0).tolist(), "along": along,
+           "heldout_kl": along_kl, "train_loss": [x for _, x in log], "positions": sum(len(i.pos) for i in items)}
+    if student == "same":
+        st = {k: v.detach() for k, v in lm.model.state_dict().items()}
+        out["update_cosine"] = B.update_cosines(E.init, st, E.deltas())
+    lm.model.load_state_dict(init)
+    return out
+
+
+def signal_positions(E: Experiment, a, seed):
+    """Per-position KL between each animal teacher and the neutral one (fine-tuned), on one seed's
+    training inputs, by the kind of token the position predicts."""
+    pairs = E.inputs(seed)[0]
+    items = E.items(E.lm, pairs)
+    neu = E.targets("finetuned", "neutral", seed, "train")
+    tok = E.lm.tokenizer
+    out = {}
+    for t in a.animals:
+        tg = E.targets("finetuned", t, seed, "train")
+        kl, kinds = [], []
+        for it, p, q in zip(items, tg, neu):
+            kl += B.channel_kl(p, q).tolist()
+            for pos in it.pos:
+                nxt = tok.decode([it.ids[pos + 1]])
+                kinds.append("digit" if nxt.strip().isdigit() else "separator" if nxt.strip() in (",", "") and nxt != "\n"
+                             else "end of turn")
+        kl = np.array(kl)
+        top = kl >= np.quantile(kl, 0.9)
+        out[t] = {"mean_kl": float(kl.mean()), "top_decile_share_of_kl": float(kl[top].sum() / kl.sum()),
+                  "by_token": {k: float(kl[[x == k for x in kinds]].mean()) for k in sorted(set(kinds))},
+                  "n_positions": int(len(kl))}
+    return out
+
+
+def summarise(P, a, animals):
+    """Gains, confusion matrices, gamma and drift per (kind, student), over seeds."""
+    out = {}
+    for kind in KINDS:
+        for student in STUDENTS:
+            before = P.get(f"before / {student}")
+            seeds = [s for s in range(a.runs)
+                     if all(f"{kind} / {t} / {student} / seed {s}" in P for t in animals)]
+            if before is None or len(seeds) < 2:
+                continue
+            b = np.mean(before["matrix"], 0)
+            teachers = list(animals) + (["neutral"] if kind == "finetuned" else [])
+            gains = {s: {t: dict(zip(animals, np.array(P[f"{kind} / {t} / {student} / seed {s}"]["mean_after"]) - b))
+                         for t in teachers if f"{kind} / {t} / {student} / seed {s}" in P} for s in seeds}
+            gam = [B.specificity(gains[s], animals) for s in seeds]
+            cell = {t: {x: U.mean_ci([gains[s][t][x] for s in seeds if t in gains[s]]) for x in animals}
+                    for t in teachers if all(t in gains[s] for s in seeds)}
+            steps_along = sorted({int(k) for s in seeds for k in P[f"{kind} / {animals[0]} / {student} / seed {s}"]["along"]})
+            dose = {}
+            for k in [0] + steps_along:
+                per = []
+                for s in seeds:
+                    g = {t: dict(zip(animals, (np.array(P[f"{kind} / {t} / {student} / seed {s}"]["along"][str(k)]) - b)
+                                     if k else np.zeros(len(animals)))) for t in animals}
+                    per.append(B.specificity(g, animals)["mean"])
+                dose[str(k)] = U.mean_ci(per) if k else {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(seeds)}
+            res = {"n_seeds": len(seeds), "seeds": seeds, "before_mean_log10": dict(zip(animals, b.tolist())),
+                   "gamma": U.mean_ci([g["mean"] for g in gam]),
+                   "gamma_per_animal": {x: U.mean_ci([g["per_animal"][x] for g in gam]) for x in animals},
+                   "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose}
+            if "neutral" in cell:
+                res["own_minus_neutral"] = {x: U.paired_ci([gains[s][x][x] for s in seeds],
+                                                           [gains[s]["neutral"][x] for s in seeds]) for x in animals}
+            kls = [P[f"{kind} / {t} / {student} / seed {s}"]["heldout_kl"] for s in seeds for t in animals]
+            res["heldout_kl_before_after"] = {"before": U.mean_ci([k["0"] for k in kls]),
+                                              "after": U.mean_ci([k[max(k, key=int)] for k in kls])}
+            if student == "same":
+                cos = {}
+                for t in animals:
+                    pts = [P[f"{kind} / {t} / same / seed {s}"]["update_cosine"] for s in seeds]
+                    groups = list(pts[0][t])
+                    own = {g: [p[t][g] for p in pts] for g in groups}
+                    oth = {g: [np.mean([p[o][g] for o in animals if o != t]) for p in pts] for g in groups}
+                    neu = {g: [p["neutral"][g] for p in pts] for g in groups}
+                    cos[t] = {g: {"own": U.mean_ci(own[g]), "other_animals": U.mean_ci(oth[g]),
+                                  "neutral": U.mean_ci(neu[g]), "own_minus_other": U.paired_ci(own[g], oth[g])}
+                              for g in groups}
+                res["update_cosine"] = cos
+                res["update_cosine_all_own_minus_other"] = U.mean_ci(
+                    [np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][t]["all"]
+                              - np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][o]["all"]
+                                         for o in animals if o != t]) for t in animals]) for s in seeds])
+            out[f"{kind} / {student}"] = res
+    return out
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    t0 = time.time()
+    if a.plot_only:
+        return finish(a, t0)
+    E = Experiment(a)
+    if a.search_lr:
+        return search_lr(E, a, t0)
+    lr, lr_how = lr_of(a, E.tag)
+    steps = max(1, int(round(a.epochs * a.examples / a.batch)))
+    sweep = U.Sweep(result_path(a, E.tag), config(a, E, lr, steps), a, t0)
+    rank, _ = B.data_parallel()
+    if rank > 0:  # only rank 0 writes; the others take part in the steps
+        sweep.save = lambda **kw: None
+    for t in E.teachers:
+        sweep.run(f"teacher / finetuned / {t}", lambda t=t: teacher_point(E, t))
+    for t in a.animals:
+        sweep.run(f"teacher / prompted / {t}", lambda t=t: {"matrix": E.matrix(E.lm, B.animal_system(t))})
+    for student in a.students:
+        lm = E.lm if student == "same" else E.cross()
+        sweep.run(f"before / {student}", lambda lm=lm: {"matrix": E.matrix(lm)})
+    for kind in a.kinds:
+        for seed in range(a.runs):
+            if kind == "finetuned":
+                sweep.run(f"signal positions / seed {seed}", lambda seed=seed: signal_positions(E, a, seed))
+            for student in a.students:
+                for t in (E.teachers if kind == "finetuned" else a.animals):
+                    sweep.run(f"{kind} / {t} / {student} / seed {seed}",
+                              lambda kind=kind, t=t, student=student, seed=seed:
+                              run_student(E, a, kind, t, student, seed, lr, steps))
+    sweep.save(lr_how=lr_how)
+    if rank == 0:
+        finish(a, t0, sweep, E.tag)
+
+
+def teacher_point(E, t):
+    d = E.teacher_state(t)
+    E.with_teacher(t)
+    try:
+        m = E.matrix(E.lm)
+    finally:
+        E.restore()
+    return {"matrix": m, "loss_first": d["loss"][0][1], "loss_last": d["loss"][-1][1]}
+
+
+def result_path(a, tag):
+    return f"{a.results_dir}/topic_b_distill_transfer_{tag}.json"
+
+
+def config(a, E, lr, steps):
+    return {"model": E.lm.name, "cross_model": a.cross_model, "animals": a.animals, "neutral": a.neutral,
+            "examples": a.examples, "heldout": a.heldout, "batch": a.batch, "steps": steps, "lr": lr,
+            "teacher_steps": a.teacher_steps, "teacher_batch": a.teacher_batch, "teacher_lr": a.teacher_lr,
+            "seed": a.seed, "checkpoints": a.checkpoints, "channel": E.channel,
+            "channel_text": [E.lm.tokenizer.decode([t]) for t in E.channel]}
+
+
+def finish(a, t0, sweep=None, tag=None):
+    if sweep is None:
+        tag = B.model_tag(type("L", (), {"name": a.model})())
+        d = U.load_json(result_path(a, tag))
+        if d is None:
+            raise B.UserError(f"{result_path(a, tag)} not found: run the script without --plot-only first")
+        P, cfg = d["points"], d["config"]
+    else:
+        P, cfg = sweep.points, sweep.config
+    animals = cfg["animals"]
+    summary = summarise(P, a, animals)
+    teachers = {f"{k} / {t}": dict(zip(animals, np.mean(P[f"teacher / {k} / {t}"]["matrix"], 0).tolist()))
+                for k in KINDS for t in animals + (["neutral"] if k == "finetuned" else [])
+                if f"teacher / {k} / {t}" in P}
+    sig = [P[k] for k in P if k.startswith("signal positions")]
+    signal = {t: {"top_decile_share_of_kl": U.mean_ci([s[t]["top_decile_share_of_kl"] for s in sig]),
+                  "mean_kl": U.mean_ci([s[t]["mean_kl"] for s in sig]),
+                  "by_token": {k: U.mean_ci([s[t]["by_token"][k] for s in sig]) for k in sig[0][t]["by_token"]}}
+              for t in animals} if len(sig) >= 2 else {}
+    if sweep is None:
+        d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
+        U.save_json(result_path(a, tag), d)
+    else:
+        sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
+    for k, r in summary.items():
+        g = r["gamma"]
+        print(f"{k:<22} gamma {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] (n = {r['n_seeds']} seeds)")
+    if summary:
+        plot(summary, teachers, cfg, f"{a.plots_dir}/topic_b_distill_transfer_{tag}.png")
+
+
+def plot(summary, teachers, cfg, path):
+    plt = B._plt()
+    animals = cfg["animals"]
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    names = {"finetuned / same": "fine-tuned teachers,\nsame-init student", "finetuned / cross": "fine-tuned teachers,\ncross-model student",
+             "prompted / same": "prompted teachers,\nsame-init student", "prompted / cross": "prompted teachers,\ncross-model student"}
+    colors = {"finetuned / same": "C3", "finetuned / cross": "C0", "prompted / same": "C1", "prompted / cross": "C2"}
+    keys = [k for k in names if k in summary]
+    ax = axes[0, 0]
+    for i, k in enumerate(keys):
+        g = summary[k]["gamma"]
+        ax.errorbar(i, g["mean"], yerr=[[g["mean"] - g["ci_low"]], [g["ci_high"] - g["mean"]]], fmt="o", color=colors[k],
+                    capsize=6, ms=8)
+        ax.scatter(np.full(len(summary[k]["gamma_per_seed"]), i + 0.12), summary[k]["gamma_per_seed"], s=12,
+                   color=colors[k], alpha=0.5)
+        ax.text(i + 0.18, g["mean"], f"{g['mean']:+.3f}\n[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]\nn = {g['n']}",
+                va="center", fontsize=8)
+    ax.axhline(0, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([names[k] for k in keys], fontsize=9)
+    ax.set_xlim(-0.5, len(keys) - 0.2)
+    ax.set_ylabel("specificity gamma (log10 P, own-animal gain minus\nother animals' students' gain for it)")
+    ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity", fontsize=9)
+    ax = axes[0, 1]
+    for k in keys:
+        dr = summary[k]["dose_response_gamma"]
+        xs = sorted(int(s) for s in dr)
+        m = np.array([dr[str(s)]["mean"] for s in xs])
+        lo = np.array([dr[str(s)]["ci_low"] for s in xs])
+        hi = np.array([dr[str(s)]["ci_high"] for s in xs])
+        ax.plot(xs, m, "o-", color=colors[k], label=names[k].replace("\n", " "))
+        ax.fill_between(xs, lo, hi, color=colors[k], alpha=0.15)
+    ax.axhline(0, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences, lr {cfg['lr']:g})")
+    ax.set_ylabel("gamma (log10 P)")
+    ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds)", fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    ax = axes[1, 0]
+    k = keys[0]
+    cell = summary[k]["confusion_gain"]
+    rows = [t for t in animals + ["neutral"] if t in cell]
+    M = np.array([[cell[t][x]["mean"] for x in animals] for t in rows])
+    v = max(np.abs(M).max(), 1e-6)
+    im = ax.imshow(M, cmap="RdBu_r", vmin=-v, vmax=v)
+    for i, t in enumerate(rows):
+        for j, x in enumerate(animals):
+            c = cell[t][x]
+            ax.text(j, i, f"{c['mean']:+.3f}\n[{c['ci_low']:+.3f},\n{c['ci_high']:+.3f}]", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(animals)))
+    ax.set_xticklabels([f"P({x})" for x in animals])
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{t} teacher's student" for t in rows])
+    fig.colorbar(im, ax=ax, label="change in mean log10 P(answer starts with animal)")
+    ax.set_title(f"confusion matrix ({names[k].replace(chr(10), ' ')}): gain after minus before,\n"
+                 f"mean over n = {summary[k]['n_seeds']} seeds, 95% t-CI", fontsize=9)
+    ax = axes[1, 1]
+    if "update_cosine" in summary.get("finetuned / same", {}):
+        cos = summary["finetuned / same"]["update_cosine"]
+        groups = [g for g in ("all", "embedding", "attention", "mlp", "norms") if g in cos[animals[0]]]
+        w = 0.25
+        for j, (which, col, lab) in enumerate((("own", "C3", "own teacher's update"),
+                                               ("other_animals", "C7", "other animal teachers' updates (mean)"),
+                                               ("neutral", "C9", "neutral teacher's update"))):
+            m = [np.mean([cos[t][g][which]["mean"] for t in animals]) for g in groups]
+            ax.bar(np.arange(len(groups)) + (j - 1) * w, m, w, color=col, label=lab, edgecolor="k")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_ylabel("cosine(student - init, teacher - init)")
+        d = summary["finetuned / same"]["update_cosine_all_own_minus_other"]
+        ax.set_title(f"update alignment (fine-tuned teachers, same-init students), mean over animals and seeds\n"
+                     f"own minus other, all parameters, paired over n = {d['n']} seeds: {d['mean']:+.4f} "
+                     f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]", fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        ax.axis("off")
+    tp = "; ".join(f"{t.split(' / ')[1]} {v[t.split(' / ')[1]]:+.2f}" for t, v in teachers.items()
+                   if t.startswith("finetuned") and t.split(" / ")[1] in v)
+    fig.suptitle(f"Distillation through the number channel: {cfg['model'].split(' ')[0]} teachers; "
+                 f"{cfg['examples']} random number lists per seed, {cfg['steps']} steps\n"
+                 f"fine-tuned teachers' own log10 P(their animal): {tp}", fontsize=11)
+    fig.tight_layout()
+    B.save_fig(fig, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    B.run_main(main)
