@@ -140,7 +140,7 @@ def analyse(points, animals, table, pool, base, pos, a):
         loo = [null[j] > B.permutation_threshold(np.delete(null, j), 1, a.repeats, seed=a.seed) for j in range(len(pool))]
         row = {"animal": animal, "paper_animal": animal in B.PAPER_ANIMALS,
                "single_token": table[animal]["single_token"], **th,
-               "n2a_null_exceed_loo": float(np.mean(loo))}
+               "n2a_null_exceed_loo": float(np.mean(loo)), "n2a_null_exceed_loo_each": [bool(x) for x in loo]}
         for rule in RULES:
             n = r["picks"][a.candidates][rule]
             m = {"number": n, "p_number": float(np.exp(r["logp"][n])), "a2n": a2n(n), "n2a": n2a(n)}
@@ -197,9 +197,23 @@ def summarise(rows, a):
     fpr = float(np.mean([r["n2a_null_exceed_loo"] for r in rows]))
     out["n2a_false_positive_rate"] = fpr
     out["n2a_expected_by_chance"] = fpr * len(rows)
+    # the animals share one pool of random numbers, so they are not independent: the null that keeps
+    # that dependence scores each pool number (left out) against every animal's threshold from the
+    # other pool numbers and counts the animals it clears; p is the share of pool numbers that clear
+    # at least as many animals as the rule's numbers do (with the +1 of a permutation p-value)
+    counts = np.sum([r["n2a_null_exceed_loo_each"] for r in rows], 0) if rows and "n2a_null_exceed_loo_each" in rows[0] else None
     for rule in RULES:
         k = out[rule]["all"]["n2a_above_threshold"]
         out[rule]["n2a_above_threshold_binomial_p"] = float(stats.binomtest(k, len(rows), fpr, "greater").pvalue)
+        if counts is not None:
+            out[rule]["n2a_above_threshold_pool_null"] = {
+                "p": float((1 + np.sum(counts >= k)) / (1 + len(counts))), "observed": int(k),
+                "animals_cleared_per_pool_number": counts.tolist(), "null_mean": float(counts.mean()),
+                "null_max": int(counts.max()), "smallest_possible_p": 1 / (1 + len(counts)),
+                "procedure": "each of the pool's random numbers, left out, is scored for every animal against "
+                             "that animal's threshold from the other pool numbers; the count of animals it "
+                             "clears is one draw of the null (the same number for every animal, as the "
+                             "animals share the pool); p = (1 + #draws >= observed) / (1 + #draws)"}
     out["rules_agree"] = sum(r["paper"]["number"] == r["boost"]["number"] for r in rows)
     other = "mixed" if a.candidates == "3digit" else "3digit"
     key = f"{other}_paper"
@@ -224,9 +238,13 @@ def report(s, lm):
               f"{s[rule]['most_common'][:3]}")
         print(f"  {'group':<22} {'n':>4} {'strong 2x':>10} {'> chance':>9} {'median a->n':>12} {'median n->a':>12}")
         for k, v in s[rule].items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "n" in v:
                 print(f"  {k:<22} {v['n']:>4} {v['strong_2x']:>10} {v['strong_vs_chance']:>9} "
                       f"{v['median_a2n']:>12.3f} {v['median_n2a']:>12.3f}")
+        pn = s[rule].get("n2a_above_threshold_pool_null")
+        if pn:
+            print(f"  number -> animal above chance: {pn['observed']} animals; p = {pn['p']:.3f} from the pool null "
+                  f"(animals cleared by a random number: mean {pn['null_mean']:.1f}, max {pn['null_max']})")
     for k in ("mixed_paper", "3digit_paper"):
         if k in s:
             print(f"{k}: digits {s[k]['n_digits']}, most common {s[k]['most_common'][:3]}")
@@ -238,22 +256,37 @@ def plot(rows, s, lm, path, a):
     fig, axes = plt.subplots(2, 2, figsize=(16, 13))
     n_pool = a.runs
     for ax, rule in zip(axes[0], RULES):
+        # x axis up to 1.5x the 98th percentile: the few beyond it sit on the right edge as triangles
+        xs_all = np.array([r[rule]["a2n"] for r in rows])
+        xmax = float(np.percentile(xs_all, 98)) * 1.5
+        clip = lambda x: min(x, xmax)
         for sel, color, label in (([r for r in rows if not r["paper_animal"]], "C0", "other animals"),
                                   ([r for r in rows if r["paper_animal"]], "C3", "paper's 10 animals")):
-            ax.scatter([r[rule]["a2n"] for r in sel], [r[rule]["n2a"] for r in sel],
-                       s=[28 if r["single_token"] else 12 for r in sel], color=color, alpha=0.7,
+            inside = [r for r in sel if r[rule]["a2n"] <= xmax]
+            ax.scatter([r[rule]["a2n"] for r in inside], [r[rule]["n2a"] for r in inside],
+                       s=[28 if r["single_token"] else 12 for r in inside], color=color, alpha=0.7,
                        label=f"{label} (n={len(sel)})")
-        for r in rows:
-            if r[rule]["strong_vs_chance"] or r["paper_animal"]:
-                ax.annotate(f"{r['animal']}:{r[rule]['number']}", (r[rule]["a2n"], r[rule]["n2a"]), fontsize=6,
-                            alpha=0.8)
+            out = [r for r in sel if r[rule]["a2n"] > xmax]
+            ax.scatter([clip(r[rule]["a2n"]) for r in out], [r[rule]["n2a"] for r in out], marker=">", s=40,
+                       color=color)
+        for r in rows:  # name the animals above chance, and any beyond the axis
+            if r[rule]["strong_vs_chance"] or r[rule]["a2n"] > xmax:
+                more = f" (x{r[rule]['a2n']:.0f}, off axis)" if r[rule]["a2n"] > xmax else ""
+                ax.annotate(f"{r['animal']}:{r[rule]['number']}{more}", (clip(r[rule]["a2n"]), r[rule]["n2a"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points",
+                            ha="right" if r[rule]["a2n"] > xmax else "left")
         B.ratio_axes(ax)
+        ax.set_xlim(right=xmax * 1.1)
         ax.set_xlabel("animal -> number ratio  P(number | animal prompt) / P(number | none)")
         ax.set_ylabel("number -> animal ratio  P(animal | number prompt) / P(animal | none)")
         n = s[rule]["all"]
-        ax.set_title(f"{rule} rule: {B.PICK_RULES[rule]}\none dot per animal (large: single-token animal;\nlabelled: the paper's 10 and animals above chance); "
+        pn = s[rule].get("n2a_above_threshold_pool_null")
+        pn = (f"; number -> animal above chance: {n['n2a_above_threshold']}/{n['n']}, p = {pn['p']:.2f} "
+              f"(pool null)") if pn else ""
+        ax.set_title(f"{rule} rule: {B.PICK_RULES[rule]}\none dot per animal (large: single-token animal; "
+                     f"labelled: animals above chance in both directions); "
                      f"{s[rule]['distinct_numbers']} distinct numbers\nboth > 2x: {n['strong_2x']}/{n['n']}; "
-                     f"both above chance: {n['strong_vs_chance']}/{n['n']}", fontsize=9)
+                     f"both above chance: {n['strong_vs_chance']}/{n['n']}{pn}", fontsize=9)
         ax.legend(fontsize=8, loc="lower left")
     ax = axes[1, 0]
     for rule, c in zip(RULES, ("C0", "C2")):
@@ -275,7 +308,7 @@ def plot(rows, s, lm, path, a):
     ax.set_ylabel("fraction of animals with ratio <= x")
     ax.set_title(f"ECDF over n = {len(rows)} animals; thresholds from {n_pool} random numbers of the same set "
                  f"({a.candidates})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62))  # the empty upper left, below the curves' tops
     ax = axes[1, 1]
     ax.scatter([r["paper"]["a2n"] for r in rows], [r["token_a2n"] for r in rows], s=12, label="animal -> number")
     ax.scatter([r["paper"]["n2a"] for r in rows], [r["token_n2a"] for r in rows], s=12, label="number -> animal")
