@@ -82,6 +82,7 @@ def parse_args(argv=None):
     g.add_argument("--filter-top", type=B.positive_int, default=50,
                    help="entangled numbers removed for the filtered student (default 50)")
     g.add_argument("--part1", default=None, help="part-1 results JSON (default results/topic_b_part1_<model>.json)")
+    g.add_argument("--plot-only", action="store_true", help="redraw the figure from the results file (no model is loaded)")
     a = B.parse_common(p, argv)
     if a.other_animal == a.animal:
         p.error("--other-animal must differ from --animal")
@@ -146,10 +147,9 @@ def entanglement_link(data, part1, a):
     idx = {s: j for j, s in enumerate(part1["all_numbers"]["numbers"])}
     ratio = np.array([part1["all_numbers"]["log_p_with"][idx[str(n)]] - part1["all_numbers"]["log_p_without"][idx[str(n)]]
                       for n in nums])
-    from topic_b_part3 import bootstrap_spearman
     seen = np.array([cnt["animal"][n] + cnt["control"][n] > 0 for n in nums])
-    return {"spearman_all": bootstrap_spearman(shift, ratio, a.seed),
-            "spearman_seen": bootstrap_spearman(shift[seen], ratio[seen], a.seed) if seen.sum() > 2 else None,
+    return {"spearman_all": B.bootstrap_spearman(shift, ratio, a.seed),
+            "spearman_seen": B.bootstrap_spearman(shift[seen], ratio[seen], a.seed) if seen.sum() > 2 else None,
             "n_numbers_seen": int(seen.sum()), "numbers_in_animal_data": tot["animal"],
             "numbers_in_control_data": tot["control"],
             "top_shift": [(nums[j], float(shift[j])) for j in np.argsort(-shift)[:10]],
@@ -159,6 +159,13 @@ def entanglement_link(data, part1, a):
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
+    if a.plot_only:
+        tag = a.model.split("/")[-1]
+        d = U.load_finished(f"{a.results_dir}/topic_b_finetune_transfer_{tag}.json", "summary_change_from_before")
+        lm = type("Stored", (), {"name": d["config"]["model"]})()
+        plot(d["summary_change_from_before"], d["paired_vs_control"], d["entanglement_link"], d["before"], a, lm,
+             d["config"]["examples"], d["config"]["steps"], f"{a.plots_dir}/topic_b_finetune_transfer_{tag}.png")
+        return
     lm = B.load_model(a.model, a.device)
     tag = B.model_tag(lm)
     p1 = U.load_json(a.part1 or f"{a.results_dir}/topic_b_part1_{tag}.json")
@@ -274,12 +281,13 @@ def plot(summary, paired, link, before, a, lm, n, steps, path):
     ax = axes[1, 1]
     sh, r = np.array(link["shift"]), np.array(link["part1_log_ratio"])
     ax.scatter(r / np.log(10), sh / np.log(10), s=6, alpha=0.5, color="C3")
-    sp = link["spearman_all"]
+    sp = link["spearman_seen"] or link["spearman_all"]
     ax.set_xlabel(f"part 1: log10 P(number | '{a.animal}' prompt) / P(number | none)")
     ax.set_ylabel(f"log10 frequency in {a.animal}-teacher data / control data (add-one)")
-    ax.set_title(f"Numbers 100..999 (one dot each; {link['n_numbers_seen']} of them occur in either dataset): "
-                 f"frequency shift vs prompt entanglement\nSpearman {sp['rho']:.2f} [{sp['ci_low']:.2f}, "
-                 f"{sp['ci_high']:.2f}] (bootstrap 95% CI over numbers)", fontsize=9)
+    ax.set_title(f"Numbers 100..999, one dot each: frequency shift vs prompt entanglement\n"
+                 f"{link['n_numbers_seen']} occur in either dataset (the rest share one shift, near 0); Spearman "
+                 f"over those {link['n_numbers_seen']}:\n{sp['rho']:.2f} [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] "
+                 f"(bootstrap 95% CI over numbers)", fontsize=9)
     ax.axhline(0, color="gray", lw=0.8)
     ax.axvline(0, color="gray", lw=0.8)
     fig.suptitle(f"Fine-tuning {lm.name} (every parameter, no system prompt) on a teacher's numbers: {n} examples "

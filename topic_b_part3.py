@@ -25,7 +25,6 @@ Gemma pair (about 15 min on the 2-core CPU at 20 animals; make the chat model fi
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 
@@ -55,24 +54,6 @@ class _Stored:
 
     def describe(self):
         return self._d
-
-
-def bootstrap_spearman(x, y, seed=0, n=2000):
-    from scipy import stats
-    x, y = np.asarray(x), np.asarray(y)
-    rng = np.random.default_rng(seed)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = float(stats.spearmanr(x, y).statistic)
-    boots = []
-    for _ in range(n):
-        i = rng.integers(0, len(x), len(x))
-        if len(set(x[i])) > 1 and len(set(y[i])) > 1:
-            boots.append(stats.spearmanr(x[i], y[i]).statistic)
-    if not boots:  # constant inputs: no correlation is defined
-        return {"rho": rho, "ci_low": float("nan"), "ci_high": float("nan"), "n": len(x)}
-    return {"rho": rho, "ci_low": float(np.percentile(boots, 2.5)), "ci_high": float(np.percentile(boots, 97.5)),
-            "n": len(x)}
 
 
 MODELS = ("base", "chat")
@@ -153,7 +134,7 @@ def summarise(rows, same, a):
         for src in MODELS:
             x = np.log10([r[f"{rule}/{src} pick"]["chat"]["n2a"] for r in same])
             y = np.log10([r[f"{rule}/{src} pick"]["base"]["n2a"] for r in same])
-            sp[f"n2a, {rule} rule, {src} pick"] = bootstrap_spearman(x, y, a.seed)
+            sp[f"n2a, {rule} rule, {src} pick"] = B.bootstrap_spearman(x, y, a.seed)
     random = {k: U.mean_ci([r["random pool"][k] for r in same]) for k in ("n2a", "a2n")}
     return {"n_animals": len(c), "counts": counts, "chat_minus_base": diffs, "wilcoxon_p": wil,
             "chat_minus_base_random_numbers": random, "chat_minus_base_picked_minus_random": specific,

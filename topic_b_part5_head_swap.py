@@ -44,6 +44,8 @@ def parse_args(argv=None):
     B.add_pair_args(p, g)
     g.add_argument("--animals", type=B.positive_int, default=20,
                    help="the first N animals of topic_b_utils.ANIMALS (the paper's 10 first; default 20)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="recompute the split and redraw from the rows stored in the results file (no model is loaded)")
     a = B.parse_common(p, argv)
     if a.runs == 1:
         p.error("--runs must be 0 (no chance thresholds) or at least 2")
@@ -87,9 +89,47 @@ def param_change(base: B.LM, chat: B.LM) -> dict:
 SOURCES = ("base", "chat")  # whose pick (paper rule) is the animal's number, in all six models
 
 
+def head_body_split(rows: dict, seed: int) -> tuple[dict, dict]:
+    """Per number source: the chat - base number -> animal gap (mean log10 over animals) and the
+    share of it that each swap moves, as ratios of means with a bootstrap CI over animals. The
+    head is measured both ways (removing the chat head from chat; adding it to base); the body by
+    the body swap itself (chat minus "base + chat head", i.e. the chat head on the base body); and
+    whether the two removals add up: (head share + body share) - 1, 0 when the swaps are additive."""
+    l10 = {m: {src: np.log10([r[f"{src} pick"]["n2a"] for r in rows[m]]) for src in SOURCES} for m in MODELS}
+    diffs = {src: {m: U.mean_ci(l10[m][src] - l10["base"][src]) for m in MODELS if m != "base"} for src in SOURCES}
+    split = {}
+    for src in SOURCES:
+        L = {m: l10[m][src] for m in MODELS}
+        gap = L["chat"] - L["base"]
+        split[src] = {
+            "head_share_removing_chat_head": B.bootstrap_mean_ratio(L["chat"] - L["chat + base head"], gap, seed=seed),
+            "head_share_adding_chat_head": B.bootstrap_mean_ratio(L["base + chat head"] - L["base"], gap, seed=seed),
+            "body_share_removing_chat_body": B.bootstrap_mean_ratio(L["chat"] - L["base + chat head"], gap, seed=seed),
+            "head_plus_body_minus_1": B.bootstrap_mean_ratio(
+                L["chat"] + L["base"] - L["chat + base head"] - L["base + chat head"], gap, seed=seed),
+            "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(L["chat"] - L["chat + base norm"], gap, seed=seed),
+            "gap": U.mean_ci(gap)}
+    return diffs, split
+
+
+class _Stored:
+    def __init__(self, name):
+        self.name = name
+
+
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
+    if a.plot_only:
+        path = f"{a.results_dir}/topic_b_part5_{a.chat.split('/')[-1]}.json"
+        d = U.load_finished(path, "rows")
+        diffs, split = head_body_split(d["rows"], a.seed)
+        d.update(log10_n2a_minus_base=diffs, head_body_split=split)
+        U.save_json(path, d)
+        plot(d["summary"], diffs, split, d["residual_summary"], _Stored(d["config"]["base"]),
+             _Stored(d["config"]["chat"]), len(d["config"]["animals"]),
+             f"{a.plots_dir}/topic_b_part5_{a.chat.split('/')[-1]}.png")
+        return
     base, chat = B.load_pair(a)
     tag = B.model_tag(chat)
     animals = B.ANIMALS[:a.animals]
@@ -128,19 +168,7 @@ def main(argv=None):
     res_summary = {m: {k: U.mean_ci([r[k] for r in residual[m]]) for k in residual[m][0]} for m in residual}
     change = param_change(base, chat)
     print("relative parameter change, chat vs base:", {k: f"{v:.2e}" for k, v in change.items()})
-    l10 = {m: {src: np.log10([r[f"{src} pick"]["n2a"] for r in rows[m]]) for src in SOURCES} for m in MODELS}
-    diffs = {src: {m: U.mean_ci(l10[m][src] - l10["base"][src]) for m in MODELS if m != "base"} for src in SOURCES}
-    split = {}
-    for src in SOURCES:
-        gap = l10["chat"][src] - l10["base"][src]
-        split[src] = {  # share of the chat - base gap (same number, per animal) that moves with the head
-            "head_share_removing_chat_head": B.bootstrap_mean_ratio(
-                l10["chat"][src] - l10["chat + base head"][src], gap, seed=a.seed),
-            "head_share_adding_chat_head": B.bootstrap_mean_ratio(
-                l10["base + chat head"][src] - l10["base"][src], gap, seed=a.seed),
-            "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(
-                l10["chat"][src] - l10["chat + base norm"][src], gap, seed=a.seed),
-            "gap": U.mean_ci(gap)}
+    diffs, split = head_body_split(rows, a.seed)
     sweep.save(rows=rows, summary=summary, residual=residual, residual_summary=res_summary,
                log10_n2a_minus_base=diffs, head_body_split=split, param_change=change,
                models={"base": base.describe(), "chat": chat.describe()})
@@ -160,7 +188,7 @@ def main(argv=None):
 
 def plot(summary, diffs, split, res, base, chat, n, path):
     plt = B._plt()
-    fig, axes = plt.subplots(1, 3, figsize=(20, 6.5))
+    fig, axes = plt.subplots(1, 4, figsize=(25, 6.8))
     x = np.arange(len(MODELS))
     w = 0.38
     for ax, key, label in ((axes[0], "log10_a2n", "animal -> number"), (axes[1], "log10_n2a", "number -> animal")):
@@ -180,23 +208,33 @@ def plot(summary, diffs, split, res, base, chat, n, path):
         ax.legend(handles=[Patch(facecolor="white", edgecolor="k", label="number picked on base"),
                            Patch(facecolor="white", edgecolor="k", hatch="//", label="number picked on chat")],
                   fontsize=8, title="bar colour = model (x axis)", title_fontsize=8)
-    ax = axes[2]
-    keys = [("rel_move_pre", "||delta h|| / ||h||\nbefore norm"), ("rel_move_post", "||delta h|| / ||h||\nafter norm"),
-            ("cos_move_animal", "cos(move, animal\nunembedding)"),
-            ("cos_move_number", "cos(move, number's\nmean digit row)")]
-    for j, (m, color) in enumerate((("base", "C1"), ("chat", "C0"))):
-        means = [res[m][k]["mean"] for k, _ in keys]
-        errs = [res[m][k]["half_width"] for k, _ in keys]
-        ax.bar(np.arange(len(keys)) + (j - 0.5) * w, means, w, yerr=errs, capsize=4, color=color, label=m, alpha=0.8)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([l for _, l in keys], fontsize=8)
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_ylabel("value (ratio or cosine)")
     h = split["base"]["head_share_removing_chat_head"]
-    ax.set_title(f"Final residual stream under the animal prompt vs no prompt\n(answer position; mean over n = {n} "
-                 f"animals, 95% t-CI)\nhead share of the chat - base n->a gap (base picks): {h['ratio']:.2f} "
-                 f"[{h['ci_low']:.2f}, {h['ci_high']:.2f}] (bootstrap over animals)", fontsize=9)
-    ax.legend(fontsize=8)
+    bd = split["base"]["body_share_removing_chat_body"]
+    ia = split["base"]["head_plus_body_minus_1"]
+    for ax, keys, ylab, what in (
+            (axes[2], [("rel_move_pre", "before the final norm"), ("rel_move_post", "after the final norm")],
+             "||delta h|| / ||h|| (relative move of the residual stream)", "how far it moves"),
+            (axes[3], [("cos_move_animal", "cos(move, animal\nunembedding)"),
+                       ("cos_move_number", "cos(move, number's\nmean digit row)")],
+             "cosine", "which way it moves")):
+        for j, (m, color) in enumerate((("base", "C1"), ("chat", "C0"))):
+            means = [res[m][k]["mean"] for k, _ in keys]
+            errs = [res[m][k]["half_width"] for k, _ in keys]
+            ax.bar(np.arange(len(keys)) + (j - 0.5) * w, means, w, yerr=errs, capsize=4, color=color, label=m,
+                   alpha=0.8)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([l for _, l in keys], fontsize=9)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_ylabel(ylab)
+        ax.legend(fontsize=8, title="model", title_fontsize=8)
+        ax.set_title(f"Final residual stream, animal prompt vs none: {what}\n(answer position; mean over n = {n} "
+                     f"animals, 95% t-CI)", fontsize=9)
+    axes[2].text(0.02, 0.98, f"share of the chat - base n->a gap (base picks, bootstrap 95% CI over animals):\n"
+                 f"head swap {h['ratio']:.2f} [{h['ci_low']:.2f}, {h['ci_high']:.2f}]; body swap {bd['ratio']:.2f} "
+                 f"[{bd['ci_low']:.2f}, {bd['ci_high']:.2f}]\nnon-additivity (sum - 1) {ia['ratio']:.2f} "
+                 f"[{ia['ci_low']:.2f}, {ia['ci_high']:.2f}]", transform=axes[2].transAxes, va="top", fontsize=8,
+                 bbox=dict(facecolor="white", alpha=0.9, edgecolor="0.7"))
+    axes[2].margins(y=0.35)
     fig.suptitle(f"Head and norm swaps: {base.name}  <->  {chat.name} (identical prompts, chat template)", fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
