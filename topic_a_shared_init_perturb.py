@@ -99,7 +99,7 @@ def plot(scales, summary, sim, base, paired, head_share, a):
     """Colour = student type (the Topic A palette), line style = what is perturbed; the two
     conditions are drawn slightly apart on the x axis so neither hides the other."""
     plt = U._plt()
-    fig, axes = plt.subplots(1, 3, figsize=(20, 5.4))
+    fig, axes = plt.subplots(1, 3, figsize=(21, 7.8))
     styles = {"all parameters": ("-", "o", 0.97), "hidden only": ("--", "s", 1.03)}
     xs = np.array([max(s, 0.005) for s in scales])
     n = f"n = {a.runs} runs per point"
@@ -116,11 +116,11 @@ def plot(scales, summary, sim, base, paired, head_share, a):
         draw(axes[1], xs * dx, paired[name], U.student_color(st), ls, mk, f"{st} student, {cond} perturbed")
     axes[0].axhline(0.1, color="gray", ls=":", lw=1, label="chance")
     axes[0].set_ylabel("MNIST test accuracy")
-    axes[0].set_title(f"Student accuracy vs init perturbation\nmarkers: mean; bars: 95% t-CI; {n}", fontsize=10)
+    axes[0].set_title(f"Student accuracy vs init perturbation\nmarkers: mean; bars: 95% t-CI; {n}", fontsize=11)
     axes[1].axhline(0, color="gray", ls=":", lw=1)
     axes[1].set_ylabel("accuracy minus the same run at scale 0 (paired)")
     axes[1].set_title(f"Paired difference against scale 0 (same runs, inits, inputs)\n95% t-CI; {n}; "
-                      f"a finding only where the bar excludes 0", fontsize=10)
+                      f"a finding only where the bar excludes 0", fontsize=11)
     for cond, (ls, mk, dx) in styles.items():
         for m, mk2, lab in (("cka_2", mk, "linear CKA"), ("cos_2", None, "mean cosine")):
             cos_ls = ":" if cond == "all parameters" else "-."
@@ -130,17 +130,19 @@ def plot(scales, summary, sim, base, paired, head_share, a):
         axes[2].axhline(base[m]["mean"], color="gray", ls=ls, lw=1.2,
                         label=f"undistilled shared init vs teacher: {'linear CKA' if m == 'cka_2' else 'mean cosine'}")
     axes[2].set_ylabel("similarity to the teacher, last hidden layer (test images)")
-    axes[2].set_title(f"Aux-only student vs teacher representations\nmean, 95% t-CI; {n}", fontsize=10)
+    axes[2].set_title(f"Aux-only student vs teacher representations\nmean, 95% t-CI; {n}", fontsize=11)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(xs)
-        ax.set_xticklabels(["0" if s == 0 else f"{s:g}" for s in scales], fontsize=8)
-        ax.set_xlabel("perturbation scale (x init std of each tensor; log axis, 0 drawn at the left)")
+        ax.set_xticklabels(["0" if s == 0 else f"{s:g}" for s in scales], fontsize=10)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.set_xlabel("perturbation scale (x init std of each tensor; log axis, 0 drawn at the left)", fontsize=10)
+        ax.yaxis.label.set_size(10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)  # below: never over data
     fig.suptitle("Perturbing the student's shared init: MNIST MLP 784-256-256-(10+3), uniform-noise distillation, "
                  "5 + 5 epochs (colour: student type; solid: all parameters perturbed, dashed: hidden layers only)",
-                 fontsize=10)
+                 fontsize=12)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_shared_init_perturb.png")
     print(f"wrote {a.plots_dir}/topic_a_shared_init_perturb.png")

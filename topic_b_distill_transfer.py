@@ -92,6 +92,9 @@ def parse_args(argv=None):
     g.add_argument("--teacher-steps", type=B.positive_int, default=20, help="fine-tuned teachers' steps (default 20)")
     g.add_argument("--teacher-batch", type=B.positive_int, default=8, help="fine-tuned teachers' batch (default 8)")
     g.add_argument("--teacher-lr", type=U.positive_float, default=5e-5, help="fine-tuned teachers' lr (default 5e-5)")
+    g.add_argument("--seeds", default=None,
+                   help="run only these seeds, in this order, comma separated (default 0..--runs-1); a second "
+                        "process can take the seeds in another order and share the results file")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: run one process per core)")
     g.add_argument("--plot-only", action="store_true", help="summarise and redraw from the results file, no training")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,6 +112,12 @@ def parse_args(argv=None):
         a.lr_grid = [float(x) for x in a.lr_grid.split(",")]
     except ValueError:
         p.error(f"--lr-grid {a.lr_grid!r}: give numbers separated by commas")
+    try:
+        a.seeds = list(range(a.runs)) if a.seeds is None else [int(x) for x in a.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {a.seeds!r}: give integers separated by commas")
+    if any(not 0 <= x < a.runs for x in a.seeds):
+        p.error(f"--seeds must lie in 0..{a.runs - 1} (--runs {a.runs})")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     if a.device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -422,7 +431,7 @@ def main(argv=None):
         lm = E.lm if student == "same" else E.cross()
         sweep.run(f"before / {student}", lambda lm=lm: {"matrix": E.matrix(lm)})
     for kind in a.kinds:
-        for seed in range(a.runs):
+        for seed in a.seeds:
             if kind == "finetuned":
                 sweep.run(f"signal positions / seed {seed}", lambda seed=seed: signal_positions(E, a, seed))
             for student in a.students:

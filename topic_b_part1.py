@@ -151,8 +151,12 @@ def plot(res, model_name, path):
     ax.set_xticks(range(len(t)))
     ax.set_xticklabels([r["number"] for r in t], rotation=45, fontsize=8)
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("x%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.axhline(1, color="gray", ls="--", lw=1)
-    ax.set_ylabel("P(number | animal prompt) / P(number | none)")
+    ax.set_ylabel("P(number | animal prompt) / P(number | none) (log axis)")
     c = res.get("candidates", {"set": "mixed", "first": "0", "last": "999"})
     ax.set_title(f"2. numbers most raised by the {res['animal']} prompt\n(candidates {c['first']}..{c['last']} "
                  f"({c['set']}), ranked by ratio among the 200 likeliest)", fontsize=10)
