@@ -88,7 +88,7 @@ def main(argv=None):
 
 def plot(summary, gain, a):
     plt = U._plt()
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(12, 5.6))
     w = 0.16
     x = np.arange(len(INITS))
     off = (len(SERIES) - 1) / 2
@@ -102,8 +102,9 @@ def plot(summary, gain, a):
         for xi, mi, ei in zip(x, m, e):
             ax.text(xi + (j - off) * w, mi + ei + 0.015, f"{mi:.2f}", ha="center", fontsize=7)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{n}\nstudent gain over init: {gain[n]['mean']:+.3f} +- {gain[n]['half_width']:.3f}"
-                        for n in INITS], fontsize=9)
+    names = {"MNIST, permuted labels": "MNIST, deranged labels"}
+    ax.set_xticklabels([f"{names.get(n, n)}\nstudent gain over init: {gain[n]['mean']:+.3f}\n"
+                        f"[{gain[n]['ci_low']:+.3f}, {gain[n]['ci_high']:+.3f}] (95% t-CI)" for n in INITS], fontsize=9)
     ax.set_ylabel("MNIST test accuracy")
     ax.set_ylim(0, 1.22)
     ax.axhline(0.1, color="gray", ls="--", lw=1, label="chance")
