@@ -32,6 +32,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_a_mechanism.py")
     g.add_argument("--every", type=U.positive_int, default=15, help="batches between checkpoints (default 15)")
     g.add_argument("--n-eval", type=U.positive_int, default=2000, help="test images for the similarities (default 2000)")
+    g.add_argument("--plot-only", action="store_true", help="redraw the PNG from results/topic_a_mechanism.json")
     return U.parse_common(p, argv)
 
 
@@ -55,6 +56,10 @@ def checkpoint(student, teacher, ref, x, test):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only:
+        res = U.load_finished(f"{a.results_dir}/topic_a_mechanism.json", "decomposition")
+        a.runs = res["provenance"].get("n_runs", a.runs)
+        return plot(res, a)
     S = U.setup(a)
     cfg = U.MLPConfig()
     ref, teacher = U.setup_teacher(S, cfg)
@@ -92,35 +97,50 @@ def main(argv=None):
 
 
 def plot(res, a):
+    """Each similarity measure on its own axis (CKA, update cosine, logit correlation are different
+    quantities); legends under the axes; every reference line labelled."""
     plt = U._plt()
     tr = res["track"]
     steps = [t["step"] for t in tr]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    fig = plt.figure(figsize=(20, 11))
+    gs = fig.add_gridspec(2, 3)
+    axes = [fig.add_subplot(gs[0, k]) for k in range(3)] + [fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[1, 1:])]
     n = f"n = {a.runs} runs"
-    series = {}
-    for l in (1, 2):
-        series[f"CKA layer {l}"] = [U.mean_ci(t[f"cka_{l}"]) for t in tr]
-        series[f"update cosine W{l - 1} (student vs teacher)"] = [U.mean_ci(t[f"update_cos_{l}"]) for t in tr]
-    series["digit-logit correlation with teacher"] = [U.mean_ci(t["digit_logit_corr"]) for t in tr]
-    U.sweep_plot(steps, series, None, "Student moves toward the teacher", f"distillation step (batches of {a.batch_size})",
-                 ylabel="similarity", ax=axes[0], n_label=n, markers=False)
+    xl = f"distillation step (batches of {a.batch_size})"
+    panels = ((axes[0], {f"layer {l}": [U.mean_ci(t[f"cka_{l}"]) for t in tr] for l in (1, 2)},
+               "Student-teacher linear CKA (test images)", "linear CKA"),
+              (axes[1], {f"W{l - 1}": [U.mean_ci(t[f"update_cos_{l}"]) for t in tr] for l in (1, 2)},
+               "Update alignment: cosine of student - init and teacher - init\n(per hidden unit, mean)",
+               "cosine of the weight updates"),
+              (axes[2], {"digit logits": [U.mean_ci(t["digit_logit_corr"]) for t in tr]},
+               "Student-teacher correlation of the 10 digit logits\n(centred, per test image, mean)", "correlation"))
+    for ax, series, title, ylabel in panels:
+        U.sweep_plot(steps, series, None, title, xl, ylabel=ylabel, ax=ax, n_label=n, markers=False)
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    ax = axes[3]
     U.sweep_plot(steps, {"aux-only student": [U.mean_ci(t["acc"]) for t in tr]}, None,
-                 "Aux-only student accuracy during distillation", f"distillation step (batches of {a.batch_size})",
-                 chance=0.1, ax=axes[1], n_label=n, markers=False)
+                 "Aux-only student accuracy during distillation", xl, chance=0.1, ax=ax, n_label=n, markers=False)
     bound = res["decomposition"]["teacher body + reference digit head (bound)"]["mean"]
-    axes[1].axhline(bound, color="C3", ls=":", label="bound: teacher body + reference digit head")
-    axes[1].legend(fontsize=8)
-    ax = axes[2]
+    ax.axhline(bound, color="C2", ls=":", lw=2, label=f"bound: teacher body + reference digit head ({bound:.3f}; green bar, right)")
+    ax.set_ylim(0, 1.0)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
+    ax = axes[4]
     d = res["decomposition"]
     names = list(d)
     ax.barh(range(len(names)), [d[k]["mean"] for k in names], xerr=[d[k]["half_width"] for k in names],
             color=[f"C{i}" for i in range(len(names))], alpha=0.8, capsize=4)
+    for i, k in enumerate(names):
+        ax.text(d[k]["mean"] + d[k]["half_width"] + 0.01, i, f"{d[k]['mean']:.3f}", va="center", fontsize=9)
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
-    ax.axvline(0.1, color="gray", ls="--", lw=1)
+    ax.set_yticklabels(names, fontsize=9)
+    ax.invert_yaxis()
+    ax.axvline(0.1, color="gray", ls="--", lw=1, label="chance (0.1)")
+    ax.set_xlim(0, 1.08)
+    ax.legend(fontsize=9, loc="lower right")
     ax.set_xlabel("MNIST test accuracy")
     ax.set_title(f"Which part of the teacher carries the digits?\nbars: mean, 95% t-CI, {n}", fontsize=10)
-    fig.suptitle("Mechanism: MLP 784-256-256-(10+3), aux-only distillation on uniform noise", fontsize=11)
+    fig.suptitle("Mechanism: MLP 784-256-256-(10+3), aux-only distillation on uniform noise; bands: 95% t-CI "
+                 f"over {n}", fontsize=12)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_mechanism.png")
     print(f"wrote {a.plots_dir}/topic_a_mechanism.png")
