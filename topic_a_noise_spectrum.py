@@ -58,6 +58,8 @@ def parse_args(argv=None):
     g.add_argument("--epochs", type=U.positive_int, default=20,
                    help="distillation epochs; accuracy is recorded after every epoch (default 20)")
     g.add_argument("--n-measure", type=U.positive_int, default=5000, help="inputs for the predictors (default 5000)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="redraw topic_a_noise_spectrum.png from the results file (give the run's --runs and --epochs)")
     a = U.parse_common(p, argv)
     if a.epochs < a.student_epochs:
         p.error("--epochs must be at least --student-epochs (the short budget is read off the long run)")
@@ -88,6 +90,12 @@ def families(S: U.Setup) -> dict[str, list[tuple[str, float, U.InputSource]]]:
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.plot_only and a.study != "spectra":
+        d = U.load_finished(f"{a.results_dir}/topic_a_noise_spectrum.json")
+        if d["config"]["runs"] != a.runs or d["config"]["epochs"] != a.epochs:
+            raise U.UserError(f"the results file holds --runs {d['config']['runs']} --epochs {d['config']['epochs']}; "
+                              f"give those with --plot-only")
+        return plot_results(d["summary"], a)
     S = U.setup(a)
     fams = families(S)
     if a.study == "spectra":
@@ -206,10 +214,14 @@ def plot_results(summary, a):
                               f"cross-model control, {se}": v["cross_short"],
                               f"cross-model control, {le}": v["cross_long"]}, None,
                      titles[fam], xlabels[fam], chance=0.1, ax=ax, n_label=n,
-                     logx=fam in ("variance", "subspace"),  # one student type, two budgets: two shades
-                     colors={f"aux only, {se}": "#7fb8e0", f"aux only, {le}": U.STUDENT_COLORS["aux only"],
-                             f"cross-model control, {se}": "#f4a6a6",
+                     logx=fam in ("variance", "subspace"),
+                     colors={f"aux only, {se}": U.STUDENT_COLORS["aux only"], f"aux only, {le}": U.STUDENT_COLORS["aux only"],
+                             f"cross-model control, {se}": U.STUDENT_COLORS["cross-model aux only"],
                              f"cross-model control, {le}": U.STUDENT_COLORS["cross-model aux only"]})
+        for line in ax.get_lines():  # colour = student type, line style = budget (dashed: the short one)
+            if line.get_label().endswith(se):
+                line.set_linestyle("--")
+                line.set_marker("s")
         ax.set_xticks(v["x"])
         ax.set_xticklabels([f"{x:g}" for x in v["x"]])
         ax.set_ylim(0, 1)
@@ -221,16 +233,26 @@ def plot_results(summary, a):
         leg_ax.axis("off")
         leg_ax.legend(handles, labels, loc="center", fontsize=10, title="every family panel")
     ax = axes.flat[len(fams)]
+    markers = "o^vDP*X"
     for i, (fam, v) in enumerate((f, v) for f, v in fams.items() if f not in CONTROLS):
-        ax.scatter(v["effective_dim_95"], [p["mean"] for p in v["short"]], label=fam, color=f"C{i}",
-                   marker="o" if fam in FIT else "s")
+        xd = np.array(v["effective_dim_95"], float)
+        # points that share one dimension (the variance family: 698 for every std) spread apart a
+        # little so none hides another; the x axis is logarithmic, so the spread is a factor
+        k = len(xd)
+        xd = xd * np.exp(0.06 * (np.arange(k) - (k - 1) / 2)) if len(set(xd)) < k else xd
+        m = np.array([p["mean"] for p in v["short"]])
+        lo = np.array([p["ci_low"] for p in v["short"]])
+        hi = np.array([p["ci_high"] for p in v["short"]])
+        ax.errorbar(xd, m, yerr=[m - lo, hi - m], fmt=markers[i % len(markers)], ms=6, capsize=3,
+                    label=f"{fam} ({'fit' if fam in FIT else 'held out'})", color=f"C{i + 4}",
+                    mfc="none" if fam not in FIT else f"C{i + 4}")
     ax.set_xscale("log")
     ax.set_xlabel("input dimension: PCA components for 95% of the variance")
     ax.set_ylabel(f"aux-only student accuracy ({a.student_epochs} epochs)")
     pr = summary["predictors"]["effective_dim_95"]
     txt = "; ".join(f"{k} rho {v['spearman']:.2f} (p {v['p']:.2f}, {v['n_points']} points)" for k, v in pr.items())
-    ax.set_title(f"Does input dimension predict accuracy? (circles: fit families, squares: held out)\n"
-                 f"Spearman: {txt}", fontsize=8)
+    ax.set_title(f"Does input dimension predict accuracy? (filled: fit families, open: held out;\n"
+                 f"95% t-CI; points of one dimension spread apart)\nSpearman: {txt}", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(f"Aux-only student and its cross-model control by distillation-input family (MNIST MLP 784-256-256-(10+3), teacher "
@@ -242,30 +264,53 @@ def plot_results(summary, a):
 
 
 def plot_spectra(S, fams, a):
+    """Left: radial power spectra with the mean image removed (the shape of the fluctuations).
+    Right: what the left hides, each family's constant offset (the energy of its mean image) beside
+    its fluctuation energy."""
     plt = U._plt()
-    fig, ax = plt.subplots(figsize=(11, 5.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(17, 6), gridspec_kw={"width_ratios": [1.5, 1]})
     curves = {"MNIST": S.train.x[:5000]}
     pick = {"blurred": ("sigma=1", "sigma=2"), "blur": ("sigma=0", "sigma=1", "sigma=2"), "subspace": ("dim=32",),
-            "spectrum": ("sigma=1",)}
+            "spectrum": ("sigma=1",), "spectrum-no-mean": ("sigma=1",)}
     for fam, labels in pick.items():
         for label, _, src in fams[fam]:
             if label in labels:
                 curves[f"{fam} {label}"] = U.first_batch(src, 1, 5000)
     curves["uniform U[-1,1]"] = U.first_batch(U.UniformNoise(a.seed, 5000), 1, 5000)
-    if "blur sigma=0" in curves:  # white noise: flat at 1, drawn last over the (also flat) subspace line
+    if "blur sigma=0" in curves:  # white noise: flat at 1, like the subspace line it covers
         curves["blur sigma=0 (white; flat, covers subspace dim=32)"] = curves.pop("blur sigma=0")
-    for i, (name, x) in enumerate(curves.items()):
-        f, prof = U.radial_profile(U.power_spectrum(x))
-        style = {"spectrum": ("--", "x", 7), "blurred": ("-", "o", 3), "MNIST": ("-", "o", 3)}.get(
-            name.split(" ")[0], (":", "s", 3))
-        ax.plot(f[1:], prof[1:], ls=style[0], marker=style[1], ms=style[2], label=name, color=f"C{i % 10}")
+    order = sorted(curves, key=lambda k: k.startswith("spectrum"))  # the matched noise last, on top
+    for i, name in enumerate(order):
+        f, prof = U.radial_profile(U.power_spectrum(curves[name]))
+        if name.startswith("spectrum"):  # markers only: the line they copy stays visible beneath
+            ax.plot(f[1:], prof[1:], ls="none", marker="x" if "no-mean" not in name else "+", ms=9, mew=1.8,
+                    label=name + " (markers only)", color="k" if "no-mean" not in name else "C9", zorder=5)
+        else:
+            ax.plot(f[1:], prof[1:], ls="-" if name.split(" ")[0] in ("blurred", "MNIST") else ":", marker="o", ms=3,
+                    label=name, color=f"C{i % 10}")
     ax.set_yscale("log")
     ax.set_xlabel("spatial frequency |f| (cycles per pixel)")
     ax.set_ylabel("mean power per pixel (mean image removed)")
-    ax.set_title("Radial power spectra of the distillation-input families (5000 images each)\n"
-                 "spectrum-matched noise (dashed, x) lies on the blurred images it copies", fontsize=10)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no curve hidden
+    ax.set_title("Radial power spectra of the distillation-input families (5000 images each), mean image removed\n"
+                 "spectrum-matched noise (x, +) lies on the blurred images it copies", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
+    names = list(curves)
+    off = [float(curves[k].mean(0).pow(2).mean()) for k in names]
+    fluct = [float(curves[k].var(0).mean()) for k in names]
+    y = np.arange(len(names))
+    ax2.barh(y - 0.2, off, 0.4, color="C3", label="mean image: mean over pixels of (pixel mean)^2")
+    ax2.barh(y + 0.2, fluct, 0.4, color="C7", label="fluctuations: mean over pixels of the pixel variance")
+    ax2.set_yticks(y)
+    ax2.set_yticklabels(names, fontsize=8)
+    ax2.invert_yaxis()
+    ax2.set_xscale("log")
+    ax2.set_xlabel("energy per pixel (log axis)")
+    ax2.set_title("What the spectra leave out: each family's constant offset\n(its mean image) beside its "
+                  "fluctuations; MNIST, blurred MNIST and\nspectrum-matched noise carry it, zero-mean noise does not",
+                  fontsize=10)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax2.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_noise_spectrum_spectra.png")
     print(f"wrote {a.plots_dir}/topic_a_noise_spectrum_spectra.png")
