@@ -74,6 +74,8 @@ def parse_args(argv=None):
     g.add_argument("--config", choices=list(CONFIGS), default=BEST, help=f"configuration to run (default {BEST!r})")
     g.add_argument("--search", action="store_true", help="run every configuration of SEARCH (resumable)")
     g.add_argument("--search-runs", type=U.positive_int, default=5, help="runs per configuration in --search (default 5)")
+    g.add_argument("--plot-only", action="store_true",
+                   help="with --search: redraw topic_a_maximize_search.png from its results file")
     a = U.parse_common(p, argv)
     if a.search and a.search_runs < 2:
         p.error("--search-runs must be at least 2")
@@ -126,6 +128,10 @@ def run_config(S: U.Setup, name: str, runs: int, curve: bool = True, cross: bool
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.search and a.plot_only:
+        d = U.load_finished(f"{a.results_dir}/topic_a_maximize_search.json")
+        a.search_runs = d["config"]["runs"]
+        return plot_search(d["summary"], a)
     S = U.setup(a)
     if a.search:
         sweep = U.Sweep(f"{a.results_dir}/topic_a_maximize_search.json",
@@ -187,28 +193,37 @@ def plot_best(summary, curve, c, a):
 def plot_search(table, a):
     plt = U._plt()
     names = list(table)
-    fig, ax = plt.subplots(figsize=(11, 0.45 * len(names) + 2))
+    readable = {"takehome baseline": "takehome baseline (teacher 5 ep lr 3e-4; student KL 5 ep lr 3e-4)",
+                "baseline teacher, student 40 ep lr 1e-3 mse": "baseline teacher; student MSE 40 ep lr 1e-3",
+                "frozen-head teacher": "teacher with frozen digit rows (5 ep lr 3e-4); baseline student",
+                "frozen-head teacher 10 ep lr 1e-3": "teacher with frozen digit rows, 10 ep lr 1e-3; baseline student",
+                "frozen10, student 40 ep lr 1e-3 kl": "frozen-row teacher 10 ep lr 1e-3; student KL 40 ep lr 1e-3",
+                "frozen10, student 40 ep lr 1e-3 mse cosine":
+                    "frozen-row teacher 10 ep lr 1e-3; student MSE 40 ep lr 1e-3, cosine decay"}
+    fig, ax = plt.subplots(figsize=(12, 0.8 * len(names) + 2.5))
     y = np.arange(len(names))[::-1]
-    rows = ((-0.25, "student", "aux only", "aux-only student"),
+    rows = ((-0.18, "student", "aux only", "aux-only student"),
             (0.0, "cross-model control", "cross-model aux only", "cross-model control (another run's init)"),
-            (0.25, "bound", "bound", "bound: teacher body + init digit head"))
+            (0.18, "bound", "bound", "bound: teacher body + init digit head"))
+    for yy in y[:-1]:  # a line between configurations: each row's three points belong to its label
+        ax.axhline(yy - 0.5, color="0.85", lw=0.8)
     for off, key, kind, label in rows:
         m = np.array([table[n][key]["mean"] for n in names])
         lo = m - np.array([table[n][key]["ci_low"] for n in names])
         hi = np.array([table[n][key]["ci_high"] for n in names]) - m
         ax.errorbar(m, y - off, xerr=[lo, hi], fmt="o", color=U.STUDENT_COLORS[kind], capsize=3, label=label)
     ax.set_yticks(y)
-    ax.set_yticklabels(names, fontsize=8)
+    ax.set_yticklabels([readable.get(n, n) for n in names], fontsize=9)
+    ax.set_ylim(y.min() - 0.5, y.max() + 0.5)
     ax.set_xlabel("MNIST test accuracy")
-    ax.axvline(0.95, color="k", lw=0.8, ls="--", label="0.95")
     ax.axvline(0.1, color="gray", lw=0.8, ls=":", label="chance 0.1")
     ax.grid(alpha=0.3, axis="x")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
-    ax.set_title(f"Search for the highest aux-only accuracy (the configurations of SEARCH)\n"
-                 f"frozen10 = teacher trained 10 epochs at lr 1e-3 with its digit rows frozen at the init\n"
-                 f"unless stated: teacher 5 epochs, student KL 5 epochs lr 3e-4, uniform noise\n"
-                 f"points: mean; bars: 95% t-CI; n = {a.search_runs} runs per configuration", fontsize=9)
+    ax.set_title(f"Search for the highest aux-only accuracy (frozen digit rows: the teacher's digit rows stay at the "
+                 f"shared init)\nunless stated: teacher 5 epochs lr 3e-4, student KL 5 epochs lr 3e-4, uniform noise; "
+                 f"ep = epochs\npoints: mean; bars: 95% t-CI; n = {a.search_runs} runs per configuration "
+                 f"(a selection step; the picks are rerun at 25 runs)", fontsize=9)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_maximize_search.png")
     print(f"wrote {a.plots_dir}/topic_a_maximize_search.png")
