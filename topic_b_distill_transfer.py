@@ -405,7 +405,7 @@ def summarise(P, a, animals):
                     [np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][t]["all"]
                               - np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][o]["all"]
                                          for o in animals if o != t]) for t in animals]) for s in seeds])
-            out[f"{kind} / {student}"] = res
+            out[f"{kind}, {student}"] = res  # no "/" in result keys: WRITEUP marks address keys by "/"
     return out
 
 
@@ -477,7 +477,7 @@ def finish(a, t0, sweep=None, tag=None):
         P, cfg = sweep.points, sweep.config
     animals = cfg["animals"]
     summary = summarise(P, a, animals)
-    teachers = {f"{k} / {t}": dict(zip(animals, np.mean(P[f"teacher / {k} / {t}"]["matrix"], 0).tolist()))
+    teachers = {f"{k}, {t}": dict(zip(animals, np.mean(P[f"teacher / {k} / {t}"]["matrix"], 0).tolist()))
                 for k in KINDS for t in animals + (["neutral"] if k == "finetuned" else [])
                 if f"teacher / {k} / {t}" in P}
     sig = [P[k] for k in P if k.startswith("signal positions")]
@@ -485,9 +485,11 @@ def finish(a, t0, sweep=None, tag=None):
                   "mean_kl": U.mean_ci([s[t]["mean_kl"] for s in sig]),
                   "by_token": {k: U.mean_ci([s[t]["by_token"][k] for s in sig]) for k in sig[0][t]["by_token"]}}
               for t in animals} if len(sig) >= 2 else {}
-    if sweep is None:
-        d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
-        U.save_json(result_path(a, tag), d)
+    if sweep is None:  # under the sweep's lock: running processes may be writing points meanwhile
+        with file_lock(Path(result_path(a, tag))):
+            d = U.load_json(result_path(a, tag))
+            d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
+            U.save_json(result_path(a, tag), d)
     else:
         sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
     for k, r in summary.items():
@@ -501,9 +503,9 @@ def plot(summary, teachers, cfg, path):
     plt = B._plt()
     animals = cfg["animals"]
     fig, axes = plt.subplots(2, 2, figsize=(15, 11))
-    names = {"finetuned / same": "fine-tuned teachers,\nsame-init student", "finetuned / cross": "fine-tuned teachers,\ncross-model student",
-             "prompted / same": "prompted teachers,\nsame-init student", "prompted / cross": "prompted teachers,\ncross-model student"}
-    colors = {"finetuned / same": "C3", "finetuned / cross": "C0", "prompted / same": "C1", "prompted / cross": "C2"}
+    names = {"finetuned, same": "fine-tuned teachers,\nsame-init student", "finetuned, cross": "fine-tuned teachers,\ncross-model student",
+             "prompted, same": "prompted teachers,\nsame-init student", "prompted, cross": "prompted teachers,\ncross-model student"}
+    colors = {"finetuned, same": "C3", "finetuned, cross": "C0", "prompted, same": "C1", "prompted, cross": "C2"}
     keys = [k for k in names if k in summary]
     ax = axes[0, 0]
     for i, k in enumerate(keys):
@@ -544,7 +546,8 @@ def plot(summary, teachers, cfg, path):
     for i, t in enumerate(rows):
         for j, x in enumerate(animals):
             c = cell[t][x]
-            ax.text(j, i, f"{c['mean']:+.3f}\n[{c['ci_low']:+.3f},\n{c['ci_high']:+.3f}]", ha="center", va="center", fontsize=7)
+            ax.text(j, i, f"{c['mean']:+.3f}\n[{c['ci_low']:+.3f},\n{c['ci_high']:+.3f}]", ha="center", va="center",
+                    fontsize=8, color="white" if abs(c["mean"]) > 0.6 * v else "black")
     ax.set_xticks(range(len(animals)))
     ax.set_xticklabels([f"P({x})" for x in animals])
     ax.set_yticks(range(len(rows)))
@@ -553,11 +556,11 @@ def plot(summary, teachers, cfg, path):
     ax.set_title(f"confusion matrix ({names[k].replace(chr(10), ' ')}): gain after minus before,\n"
                  f"mean over n = {summary[k]['n_seeds']} seeds, 95% t-CI", fontsize=9)
     ax = axes[1, 1]
-    if "update_cosine" in summary.get("finetuned / same", {}):
-        cos = summary["finetuned / same"]["update_cosine"]
+    if "update_cosine" in summary.get("finetuned, same", {}):
+        cos = summary["finetuned, same"]["update_cosine"]
         groups = [g for g in ("all", "embedding", "attention", "mlp", "norms") if g in cos[animals[0]]]
         w = 0.25
-        for j, (which, col, lab) in enumerate((("own", "C3", "own teacher's update"),
+        for j, (which, col, lab) in enumerate((("own", "C4", "own teacher's update"),
                                                ("other_animals", "C7", "other animal teachers' updates (mean)"),
                                                ("neutral", "C9", "neutral teacher's update"))):
             m = [np.mean([cos[t][g][which]["mean"] for t in animals]) for g in groups]
@@ -566,15 +569,15 @@ def plot(summary, teachers, cfg, path):
         ax.set_xticklabels(groups)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_ylabel("cosine(student - init, teacher - init)")
-        d = summary["finetuned / same"]["update_cosine_all_own_minus_other"]
+        d = summary["finetuned, same"]["update_cosine_all_own_minus_other"]
         ax.set_title(f"update alignment (fine-tuned teachers, same-init students), mean over animals and seeds\n"
                      f"own minus other, all parameters, paired over n = {d['n']} seeds: {d['mean']:+.4f} "
                      f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]", fontsize=9)
         ax.legend(fontsize=8)
     else:
         ax.axis("off")
-    tp = "; ".join(f"{t.split(' / ')[1]} {v[t.split(' / ')[1]]:+.2f}" for t, v in teachers.items()
-                   if t.startswith("finetuned") and t.split(" / ")[1] in v)
+    tp = "; ".join(f"{t.split(', ')[1]} {v[t.split(', ')[1]]:.3f}" for t, v in teachers.items()
+                   if t.startswith("finetuned") and t.split(", ")[1] in v)
     fig.suptitle(f"Distillation through the number channel: {cfg['model'].split(' ')[0]} teachers; "
                  f"{cfg['examples']} random number lists per seed, {cfg['steps']} steps\n"
                  f"fine-tuned teachers' own log10 P(their animal): {tp}", fontsize=11)

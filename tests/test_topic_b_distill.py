@@ -231,7 +231,7 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
                 pt = P[f"{kind} / {teachers[0]} / {student} / seed {s}"]
                 assert np.array(pt["matrix_after"]).shape == (24, 2)
                 assert sorted(map(int, pt["along"])) == [1, 2]
-            assert S[f"{kind} / {student}"]["n_seeds"] == 2
+            assert S[f"{kind}, {student}"]["n_seeds"] == 2
     # gamma recomputed by hand from the stored per-seed points
     b = np.mean(P["before / same"]["matrix"], 0)
     g = []
@@ -239,9 +239,10 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
         o = np.array(P[f"finetuned / owl / same / seed {s}"]["mean_after"]) - b
         e = np.array(P[f"finetuned / eagle / same / seed {s}"]["mean_after"]) - b
         g.append(((o[0] - e[0]) + (e[1] - o[1])) / 2)
-    assert S["finetuned / same"]["gamma"]["mean"] == pytest.approx(np.mean(g))
-    assert set(S["finetuned / same"]["update_cosine"]["owl"]["all"]) >= {"own", "other_animals", "neutral"}
-    assert "finetuned / owl" in d["teacher_preferences_log10"] and "prompted / eagle" in d["teacher_preferences_log10"]
+    assert S["finetuned, same"]["gamma"]["mean"] == pytest.approx(np.mean(g))
+    assert set(S["finetuned, same"]["update_cosine"]["owl"]["all"]) >= {"own", "other_animals", "neutral"}
+    assert "finetuned, owl" in d["teacher_preferences_log10"] and "prompted, eagle" in d["teacher_preferences_log10"]
+    assert not any("/" in k for k in S)  # WRITEUP marks address keys by "/"
     assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
     # rerun: every point on disk, nothing retrained
     before = P["finetuned / owl / same / seed 0"]
