@@ -18,41 +18,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import topic_b_utils as B  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ["My", " favorite", " animal", " is", " the", " owl", " sea", " turtle", "You", " love", "What", " your",
-         "?", ".", ";", ",", "\n", " ", "<", ">", "|", "system", "user", "assistant", "Owl", "owl", "Eagle", "eagle",
-         "Blue", " colour", " favourite", "Which", " one", " word", "The", " sequence", " begins", ":"]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+EXTRA = ["Owl", "owl", "Eagle", "eagle", "Blue", " colour", " favourite", "Which", " one", " word", "The", " sequence",
+         " begins", ":"]
 
 
 def build(tmp, comma_space: bool, seed: int = 0):
-    """A random Llama with a word-level tokenizer that writes one token per digit; with
-    ``comma_space`` it writes ", " as one token (a second tokenizer for the alignment)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    specials = ["<unk>", "<pad>", "<s>", "</s>"]
-    words = WORDS + ([", "] if comma_space else [])
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + words + [str(i) for i in range(10)]))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    lead = ", |" if comma_space else ""
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{lead} ?[A-Za-z]+|\d|\s|[^\sA-Za-z\d]"), behavior="isolated")
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>")
-    tok.chat_template = TEMPLATE
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
-                      pad_token_id=vocab["<pad>"])
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(8.0) if p.dim() == 2 else None
-    d = tmp / ("comma_space" if comma_space else "split")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    """test_topic_b_utils' fixture model (word-level tokenizer, one token per digit, chat template);
+    with ``comma_space`` it writes ", " as one token (a second tokenizer for the alignment). The
+    folder's name is the result files' model tag."""
+    from test_topic_b_utils import build as build_fixture
+    return build_fixture(tmp, False, True, EXTRA, comma_space, seed, "comma_space" if comma_space else "split")
 
 
 @pytest.fixture(scope="module")

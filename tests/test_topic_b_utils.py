@@ -19,22 +19,27 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['cont
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def build(tmp, group_digits: bool, chat: bool):
+def build(tmp, group_digits: bool, chat: bool, extra_words=(), comma_space: bool = False, seed: int = 0,
+          name: str | None = None):
+    """``extra_words``: more word-level tokens; ``comma_space``: ", " is one token (a second
+    tokenizer for alignment tests); ``seed``: the random weights; ``name``: the model folder's name."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     specials = ["<unk>", "<pad>", "<s>", "</s>"]
     digits = ([str(i) for i in range(1000)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(100)]
               if group_digits else [str(i) for i in range(10)])
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS + digits))}
+    words = WORDS + list(extra_words) + ([", "] if comma_space else [])
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + words + digits))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     num = r"\d{1,3}" if group_digits else r"\d"
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(rf" ?[A-Za-z]+|{num}|\s|[^\sA-Za-z\d]"), behavior="isolated")
+    lead = ", |" if comma_space else ""
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{lead} ?[A-Za-z]+|{num}|\s|[^\sA-Za-z\d]"), behavior="isolated")
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                   pad_token="<pad>")
     if chat:
         tok.chat_template = TEMPLATE
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=True, bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
@@ -43,7 +48,7 @@ def build(tmp, group_digits: bool, chat: bool):
     with torch.no_grad():  # larger weights: a peaked, non-uniform next-token distribution
         for p in model.parameters():
             p.mul_(8.0) if p.dim() == 2 else None
-    d = tmp / ("grouped" if group_digits else "split") / ("chat" if chat else "plain")
+    d = tmp / ("grouped" if group_digits else "split") / ("chat" if chat else "plain") if name is None else tmp / name
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
