@@ -308,7 +308,7 @@ def plot(rows, s, lm, path, a):
     ax.set_ylabel("fraction of animals with ratio <= x")
     ax.set_title(f"ECDF over n = {len(rows)} animals; thresholds from {n_pool} random numbers of the same set "
                  f"({a.candidates})", fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62))  # the empty upper left, below the curves' tops
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2)  # below the axes: over no curve
     ax = axes[1, 1]
     ax.scatter([r["paper"]["a2n"] for r in rows], [r["token_a2n"] for r in rows], s=12, label="animal -> number")
     ax.scatter([r["paper"]["n2a"] for r in rows], [r["token_n2a"] for r in rows], s=12, label="number -> animal")
