@@ -17,11 +17,16 @@ final norm), and the move after the norm projected on the animal's unembedding d
 its number's mean digit row (unit vectors; an order-blind direction on digit-level tokenizers):
 the logit change the move alone gives each token.
 
-Regenerate plots/topic_b_part5_<chat>.png and results/topic_b_part5_<chat>.json on the controlled
-Gemma pair (about 10 min on the 2-core CPU at 10 animals; needs `python topic_b_make_chat_model.py`
-first; resumes finished measurements):
+With --runs N, N random three-digit numbers (one pool, drawn once) are measured in all six models
+too: each animal's mean log10 ratio over them is the reference for "any number prompt", and the
+split is repeated for that random part and for the number-specific part (picked minus random, per
+animal).
 
-    python topic_b_part5_head_swap.py --animals 10
+Regenerate plots/topic_b_part5_<chat>.png and results/topic_b_part5_<chat>.json on the controlled
+Gemma pair (about 20 min on one core at 10 animals and 16 random numbers; needs
+`python topic_b_make_chat_model.py` first; resumes finished measurements):
+
+    python topic_b_part5_head_swap.py --animals 10 --runs 16
     python topic_b_part5_head_swap.py --base meta-llama/Llama-3.2-1B --chat meta-llama/Llama-3.2-1B-Instruct --animals 30
 """
 from __future__ import annotations
@@ -89,26 +94,52 @@ def param_change(base: B.LM, chat: B.LM) -> dict:
 SOURCES = ("base", "chat")  # whose pick (paper rule) is the animal's number, in all six models
 
 
+def _shares(L: dict, seed: int) -> dict:
+    """For per-animal log10 values L[model]: the chat - base gap and the share of it each swap
+    moves (ratios of means, percentile bootstrap over animals), and each move itself in log10 with
+    a paired t-CI over animals (a share is meaningless when the gap is not distinguishable from 0)."""
+    gap = L["chat"] - L["base"]
+    moves = {"head_removing_chat_head": L["chat"] - L["chat + base head"],
+             "head_adding_chat_head": L["base + chat head"] - L["base"],
+             "body_removing_chat_body": L["chat"] - L["base + chat head"],
+             "norm_removing_chat_norm": L["chat"] - L["chat + base norm"]}
+    nonadd = L["chat"] + L["base"] - L["chat + base head"] - L["base + chat head"]
+    return {"head_share_removing_chat_head": B.bootstrap_mean_ratio(moves["head_removing_chat_head"], gap, seed=seed),
+            "head_share_adding_chat_head": B.bootstrap_mean_ratio(moves["head_adding_chat_head"], gap, seed=seed),
+            "body_share_removing_chat_body": B.bootstrap_mean_ratio(moves["body_removing_chat_body"], gap, seed=seed),
+            "head_plus_body_minus_1": B.bootstrap_mean_ratio(nonadd, gap, seed=seed),
+            "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(moves["norm_removing_chat_norm"], gap, seed=seed),
+            "moves_log10": {**{k: U.mean_ci(v) for k, v in moves.items()}, "non_additivity": U.mean_ci(nonadd)},
+            "gap": U.mean_ci(gap)}
+
+
+def random_log10(rows: dict, which: str = "n2a") -> dict | None:
+    """Per model, each animal's mean log10 ratio over the random pool numbers (None without a pool)."""
+    if not all(f"random {which}" in r for m in MODELS for r in rows[m]):
+        return None
+    return {m: np.array([np.mean(np.log10(r[f"random {which}"])) for r in rows[m]]) for m in MODELS}
+
+
 def head_body_split(rows: dict, seed: int) -> tuple[dict, dict]:
     """Per number source: the chat - base number -> animal gap (mean log10 over animals) and the
     share of it that each swap moves, as ratios of means with a bootstrap CI over animals. The
     head is measured both ways (removing the chat head from chat; adding it to base); the body by
     the body swap itself (chat minus "base + chat head", i.e. the chat head on the base body); and
-    whether the two removals add up: (head share + body share) - 1, 0 when the swaps are additive."""
+    whether the two removals add up: (head share + body share) - 1, 0 when the swaps are additive.
+    With a random pool (--runs) the same for the pool's numbers ("random": what chat tuning does to
+    any number prompt) and for the number-specific part, picked minus random per animal
+    ("<source> minus random")."""
     l10 = {m: {src: np.log10([r[f"{src} pick"]["n2a"] for r in rows[m]]) for src in SOURCES} for m in MODELS}
     diffs = {src: {m: U.mean_ci(l10[m][src] - l10["base"][src]) for m in MODELS if m != "base"} for src in SOURCES}
-    split = {}
-    for src in SOURCES:
-        L = {m: l10[m][src] for m in MODELS}
-        gap = L["chat"] - L["base"]
-        split[src] = {
-            "head_share_removing_chat_head": B.bootstrap_mean_ratio(L["chat"] - L["chat + base head"], gap, seed=seed),
-            "head_share_adding_chat_head": B.bootstrap_mean_ratio(L["base + chat head"] - L["base"], gap, seed=seed),
-            "body_share_removing_chat_body": B.bootstrap_mean_ratio(L["chat"] - L["base + chat head"], gap, seed=seed),
-            "head_plus_body_minus_1": B.bootstrap_mean_ratio(
-                L["chat"] + L["base"] - L["chat + base head"] - L["base + chat head"], gap, seed=seed),
-            "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(L["chat"] - L["chat + base norm"], gap, seed=seed),
-            "gap": U.mean_ci(gap)}
+    split = {src: _shares({m: l10[m][src] for m in MODELS}, seed) for src in SOURCES}
+    R = random_log10(rows)
+    if R is not None:
+        diffs["random"] = {m: U.mean_ci(R[m] - R["base"]) for m in MODELS if m != "base"}
+        split["random"] = _shares(R, seed)
+        for src in SOURCES:
+            S = {m: l10[m][src] - R[m] for m in MODELS}
+            diffs[f"{src} minus random"] = {m: U.mean_ci(S[m] - S["base"]) for m in MODELS if m != "base"}
+            split[f"{src} minus random"] = _shares(S, seed)
     return diffs, split
 
 
@@ -156,8 +187,13 @@ def main(argv=None):
         for i, animal in enumerate(animals):
             th = e.thresholds(i) if pool else {}
             rows[name].append({"animal": animal, "numbers": picks[i], **th,
-                               **{f"{src} pick": e.measure(i, picks[i][src], th) for src in SOURCES}})
+                               **{f"{src} pick": e.measure(i, picks[i][src], th) for src in SOURCES},
+                               **({"random n2a": [e.n2a(n, i) for n in pool],
+                                   "random a2n": [e.a2n(i, n) for n in pool]} if pool else {})})
         summary[name] = {f"{src} pick": B.entanglement_summary(rows[name], f"{src} pick") for src in SOURCES}
+        if pool:  # each animal's mean log10 ratio over the pool's random numbers
+            summary[name]["random pool"] = {f"log10_{w}": U.mean_ci([np.mean(np.log10(r[f"random {w}"]))
+                                                                      for r in rows[name]]) for w in ("a2n", "n2a")}
         if name in ("base", "chat"):
             P = B.Prompts(lm)
             residual[name] = [sweep.run(f"{name}/residual {x}",
@@ -190,23 +226,25 @@ def plot(summary, diffs, split, res, base, chat, n, path):
     plt = B._plt()
     fig, axes = plt.subplots(1, 4, figsize=(25, 6.8))
     x = np.arange(len(MODELS))
-    w = 0.38
+    bars = [("base pick", "", "number picked on base"), ("chat pick", "//", "number picked on chat")]
+    if "random pool" in summary["base"]:
+        bars.append(("random pool", "..", "random pool numbers (mean per animal)"))
+    w = 0.8 / len(bars)
+    from matplotlib.patches import Patch
     for ax, key, label in ((axes[0], "log10_a2n", "animal -> number"), (axes[1], "log10_n2a", "number -> animal")):
-        for j, (src, hatch) in enumerate((("base", ""), ("chat", "//"))):
-            m = np.array([summary[k][f"{src} pick"][key]["mean"] for k in MODELS])
-            err = np.array([summary[k][f"{src} pick"][key]["half_width"] for k in MODELS])
-            ax.bar(x + (j - 0.5) * w, m, w, yerr=err, capsize=4, color=["C1", "C4", "C5", "C6", "C8", "C0"],
+        for j, (src, hatch, _) in enumerate(bars):
+            m = np.array([summary[k][src][key]["mean"] for k in MODELS])
+            err = np.array([summary[k][src][key]["half_width"] for k in MODELS])
+            ax.bar(x + (j - (len(bars) - 1) / 2) * w, m, w, yerr=err, capsize=3, color=["C1", "C4", "C5", "C6", "C8", "C0"],
                    alpha=0.8, edgecolor="k", hatch=hatch)
         ax.axhline(0, color="gray", lw=0.8)
         ax.axhline(np.log10(2), color="gray", ls=":", lw=0.8)
         ax.set_xticks(x)
         ax.set_xticklabels([k.replace(" + ", "\n+ ") for k in MODELS], fontsize=8)
         ax.set_ylabel(f"mean log10 ratio, {label}")
-        ax.set_title(f"{label}: mean over n = {n} animals of log10 ratio, 95% t-CI\nsame number in all six models "
-                     f"(plain: picked on base, hatched: picked on chat); dotted: 2x", fontsize=9)
-        from matplotlib.patches import Patch
-        ax.legend(handles=[Patch(facecolor="white", edgecolor="k", label="number picked on base"),
-                           Patch(facecolor="white", edgecolor="k", hatch="//", label="number picked on chat")],
+        ax.set_title(f"{label}: mean over n = {n} animals of log10 ratio, 95% t-CI\nsame numbers in all six models "
+                     f"(hatch: which numbers); dotted: 2x", fontsize=9)
+        ax.legend(handles=[Patch(facecolor="white", edgecolor="k", hatch=h, label=lab) for _, h, lab in bars],
                   fontsize=8, title="bar colour = model (x axis)", title_fontsize=8)
     h = split["base"]["head_share_removing_chat_head"]
     bd = split["base"]["body_share_removing_chat_body"]
@@ -229,12 +267,18 @@ def plot(summary, diffs, split, res, base, chat, n, path):
         ax.legend(fontsize=8, title="model", title_fontsize=8)
         ax.set_title(f"Final residual stream, animal prompt vs none: {what}\n(answer position; mean over n = {n} "
                      f"animals, 95% t-CI)", fontsize=9)
-    axes[2].text(0.02, 0.98, f"share of the chat - base n->a gap (base picks, bootstrap 95% CI over animals):\n"
-                 f"head swap {h['ratio']:.2f} [{h['ci_low']:.2f}, {h['ci_high']:.2f}]; body swap {bd['ratio']:.2f} "
-                 f"[{bd['ci_low']:.2f}, {bd['ci_high']:.2f}]\nnon-additivity (sum - 1) {ia['ratio']:.2f} "
-                 f"[{ia['ci_low']:.2f}, {ia['ci_high']:.2f}]", transform=axes[2].transAxes, va="top", fontsize=8,
+    note = (f"share of the chat - base n->a gap (base picks, bootstrap 95% CI over animals):\n"
+            f"head swap {h['ratio']:.2f} [{h['ci_low']:.2f}, {h['ci_high']:.2f}]; body swap {bd['ratio']:.2f} "
+            f"[{bd['ci_low']:.2f}, {bd['ci_high']:.2f}]\nnon-additivity (sum - 1) {ia['ratio']:.2f} "
+            f"[{ia['ci_low']:.2f}, {ia['ci_high']:.2f}]")
+    if "base minus random" in split:
+        r, sp = split["random"]["gap"], split["base minus random"]["gap"]
+        note += (f"\nchat - base gap, log10 (t-CI over animals): random numbers {r['mean']:+.2f} "
+                 f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}];\npicked minus random (number-specific) {sp['mean']:+.2f} "
+                 f"[{sp['ci_low']:+.2f}, {sp['ci_high']:+.2f}]")
+    axes[2].text(0.02, 0.98, note, transform=axes[2].transAxes, va="top", fontsize=8,
                  bbox=dict(facecolor="white", alpha=0.9, edgecolor="0.7"))
-    axes[2].margins(y=0.35)
+    axes[2].margins(y=0.5 if "base minus random" in split else 0.35)
     fig.suptitle(f"Head and norm swaps: {base.name}  <->  {chat.name} (identical prompts, chat template)", fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)

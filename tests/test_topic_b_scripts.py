@@ -87,7 +87,7 @@ def test_part3_end_to_end(pair, tmp_path):
 
 def test_part5_end_to_end(pair, tmp_path):
     import topic_b_part5_head_swap as p5
-    p5.main(["--base", pair[0], "--chat", pair[1], "--animals", "3", "--results-dir", str(tmp_path),
+    p5.main(["--base", pair[0], "--chat", pair[1], "--animals", "3", "--runs", "4", "--results-dir", str(tmp_path),
              "--plots-dir", str(tmp_path), "--device", "cpu"])
     (js,) = tmp_path.glob("topic_b_part5_*.json")
     d = json.loads(js.read_text())
@@ -107,6 +107,23 @@ def test_part5_end_to_end(pair, tmp_path):
         base = np.log10([r[f"{src} pick"]["n2a"] for r in d["rows"]["base"]])
         hyb = np.log10([r[f"{src} pick"]["n2a"] for r in d["rows"]["chat + base head"]])
         assert h["ratio"] == pytest.approx((chat - hyb).mean() / (chat - base).mean(), rel=1e-9)
+    # the random pool is measured in all six models, and the number-specific split is of picked
+    # minus random per animal
+    pool = d["config"]["pool"]
+    assert len(pool) == 4 and all(len(r["random n2a"]) == 4 for m in p5.MODELS for r in d["rows"][m])
+    R = {m: np.array([np.mean(np.log10(r["random n2a"])) for r in d["rows"][m]]) for m in p5.MODELS}
+    S = {m: np.log10([r["base pick"]["n2a"] for r in d["rows"][m]]) - R[m] for m in p5.MODELS}
+    sp = d["head_body_split"]["base minus random"]
+    assert sp["gap"]["mean"] == pytest.approx((S["chat"] - S["base"]).mean(), rel=1e-9)
+    assert sp["moves_log10"]["body_removing_chat_body"]["mean"] == pytest.approx(
+        (S["chat"] - S["base + chat head"]).mean(), rel=1e-9)
+    assert d["head_body_split"]["random"]["gap"]["mean"] == pytest.approx((R["chat"] - R["base"]).mean(), rel=1e-9)
+    assert d["log10_n2a_minus_base"]["random"]["chat"]["mean"] == pytest.approx((R["chat"] - R["base"]).mean(), rel=1e-9)
+    # the pool numbers' ratios are the ones the hybrid's own measurement gives
+    e = d["rows"]["chat"][0]
+    assert e["random n2a"][0] > 0 and d["summary"]["chat"]["random pool"]["log10_n2a"]["n"] == 3
+    bare = {m: [{k: v for k, v in r.items() if not k.startswith("random")} for r in d["rows"][m]] for m in p5.MODELS}
+    assert "random" not in p5.head_body_split(bare, 0)[1]  # without a pool no random split is claimed
     for m in ("base", "chat"):
         assert all(r["rel_move_pre"] > 0 for r in d["residual"][m])
     assert set(d["param_change"]) == {"head", "final_norm", "body_matrices", "body_norms"}
