@@ -16,6 +16,7 @@ Everything a Topic A script needs lives here, once:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import gzip
@@ -1156,6 +1157,21 @@ def scores_with_bound(ref: Ensemble, teacher: Ensemble, students: Sequence[Stude
     return res
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """Exclusive advisory lock on ``<path>.lock`` (processes sharing a results file or a cache item
+    take turns; the lock file is left behind, empty)."""
+    import fcntl
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Sweep:
     """A resumable sweep: each finished point is written (atomically) to one JSON file together
     with the sweep's configuration key; rerunning the same configuration skips finished points,
@@ -1178,19 +1194,7 @@ class Sweep:
         return old["points"] if old and old.get("key") == self.key else {}
 
     def _lock(self):
-        import contextlib
-        import fcntl
-
-        @contextlib.contextmanager
-        def held():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_name(self.path.name + ".lock"), "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
-        return held()
+        return file_lock(self.path)
 
     def _merge_disk(self) -> None:
         for k, v in self._disk_points().items():

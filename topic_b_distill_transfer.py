@@ -48,8 +48,6 @@ finishes; rerunning resumes) and plots/topic_b_distill_transfer_<model>.png.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -125,25 +123,13 @@ def parse_args(argv=None):
     return a
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Exclusive lock next to ``path``: two processes never compute the same cached item twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cached(path: Path, key: dict, make):
     """torch-saved object under ``path`` for ``key``; made (under a lock) when missing or stale."""
-    with file_lock(path):
+    with U.file_lock(path):
         if path.is_file():
             d = torch.load(path, weights_only=False)
             if d.get("key") == key:
@@ -266,7 +252,7 @@ def lr_of(a, tag):
         return a.lr, "given by --lr"
     d = U.load_json(f"{a.results_dir}/topic_b_distill_lr_{tag}.json")
     if d is None or "chosen_lr" not in d:
-        raise B.UserError(f"no lr chosen yet: run `python topic_b_distill_transfer.py --search-lr` first, or give --lr")
+        raise B.UserError("no lr chosen yet: run `python topic_b_distill_transfer.py --search-lr` first, or give --lr")
     return d["chosen_lr"], f"chosen by --search-lr on held-out KL (results/topic_b_distill_lr_{tag}.json)"
 
 
@@ -468,7 +454,7 @@ def config(a, E, lr, steps):
 
 def finish(a, t0, sweep=None, tag=None):
     if sweep is None:
-        tag = B.model_tag(type("L", (), {"name": a.model})())
+        tag = B.model_tag(B.StoredModel(a.model))
         d = U.load_json(result_path(a, tag))
         if d is None:
             raise B.UserError(f"{result_path(a, tag)} not found: run the script without --plot-only first")
@@ -486,7 +472,7 @@ def finish(a, t0, sweep=None, tag=None):
                   "by_token": {k: U.mean_ci([s[t]["by_token"][k] for s in sig]) for k in sig[0][t]["by_token"]}}
               for t in animals} if len(sig) >= 2 else {}
     if sweep is None:  # under the sweep's lock: running processes may be writing points meanwhile
-        with file_lock(Path(result_path(a, tag))):
+        with U.file_lock(Path(result_path(a, tag))):
             d = U.load_json(result_path(a, tag))
             d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
             U.save_json(result_path(a, tag), d)

@@ -162,7 +162,7 @@ def main(argv=None):
     if a.plot_only:
         tag = a.model.split("/")[-1]
         d = U.load_finished(f"{a.results_dir}/topic_b_finetune_transfer_{tag}.json", "summary_change_from_before")
-        lm = type("Stored", (), {"name": d["config"]["model"]})()
+        lm = B.StoredModel(d["config"]["model"])
         plot(d["summary_change_from_before"], d["paired_vs_control"], d["entanglement_link"], d["before"], a, lm,
              d["config"]["examples"], d["config"]["steps"], f"{a.plots_dir}/topic_b_finetune_transfer_{tag}.png")
         return

@@ -46,16 +46,6 @@ def parse_args(argv=None):
     return B.parse_common(p, argv)
 
 
-class _Stored:
-    """Stands in for a model when every measurement is read from the results file."""
-
-    def __init__(self, name: str, describe: dict):
-        self.name, self._d = name, describe
-
-    def describe(self):
-        return self._d
-
-
 MODELS = ("base", "chat")
 RULES = ("paper", "boost")
 
@@ -68,7 +58,7 @@ def main(argv=None):
     if a.plot_only:
         path = f"{a.results_dir}/topic_b_part3_{a.chat.split('/')[-1]}.json"
         old = U.load_finished(path)
-        base, chat = (_Stored(old["config"][m], old["models"][m]) for m in MODELS)
+        base, chat = (B.StoredModel(old["config"][m], old["models"][m]) for m in MODELS)
         animals, pool = old["config"]["animals"], old["config"]["pool"]
     else:
         base, chat = B.load_pair(a)

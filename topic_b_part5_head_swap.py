@@ -143,11 +143,6 @@ def head_body_split(rows: dict, seed: int) -> tuple[dict, dict]:
     return diffs, split
 
 
-class _Stored:
-    def __init__(self, name):
-        self.name = name
-
-
 def main(argv=None):
     a = parse_args(argv)
     t0 = time.time()
@@ -157,8 +152,8 @@ def main(argv=None):
         diffs, split = head_body_split(d["rows"], a.seed)
         d.update(log10_n2a_minus_base=diffs, head_body_split=split)
         U.save_json(path, d)
-        plot(d["summary"], diffs, split, d["residual_summary"], _Stored(d["config"]["base"]),
-             _Stored(d["config"]["chat"]), len(d["config"]["animals"]),
+        plot(d["summary"], diffs, split, d["residual_summary"], B.StoredModel(d["config"]["base"]),
+             B.StoredModel(d["config"]["chat"]), len(d["config"]["animals"]),
              f"{a.plots_dir}/topic_b_part5_{a.chat.split('/')[-1]}.png")
         return
     base, chat = B.load_pair(a)

@@ -804,6 +804,17 @@ def load_pair(args: argparse.Namespace) -> tuple[LM, LM]:
     return base, chat
 
 
+class StoredModel:
+    """Stands in for a model in --plot-only paths, where every measurement is read from the results
+    file: its name (and the describe() record the file kept, if any)."""
+
+    def __init__(self, name: str, describe: dict | None = None):
+        self.name, self._d = name, describe or {}
+
+    def describe(self) -> dict:
+        return self._d
+
+
 def model_tag(lm: LM) -> str:
     """Short model name for titles and file names."""
     return lm.name.split(" ")[0].split("/")[-1]
