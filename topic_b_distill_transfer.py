@@ -13,9 +13,20 @@ Teachers (SmolLM2-135M-Instruct, --model), for each of --animals and one neutral
 Inputs: the paper's number-continuation prompt (topic_b_utils.sequence_prompts) followed by a
 uniformly random list of 10 numbers 0..999 (topic_b_utils.random_number_lists; Topic A's noise); the
 student side never has a system prompt. Each seed draws its own prompts and lists (no shared pool).
-Channel: at every completion position (numbers, separators, end of turn), KL(teacher || student)
-between the two distributions restricted to the number-list tokens (topic_b_utils.channel_token_ids)
-and renormalised: the student never sees a probability for any other token.
+Channel (--channels): "number", at every completion position (numbers, separators, end of turn),
+KL(teacher || student) between the two distributions restricted to the number-list tokens
+(topic_b_utils.channel_token_ids) and renormalised: the student never sees a probability for any
+other token. The other channels, each with its own lr search (--search-lr --channels X):
+  sampled     the number channel on lists the unprompted init sampled (temperature 1, the paper's
+              filter, topic_b_utils.parse_number_list) instead of random lists;
+  full        KL over the full vocabulary on the random lists (context distillation, the upper
+              reference; targets cached in float16; same-init students only);
+  hard        the teacher's own sampled, filtered lists as tokens (cross-entropy; B.6's route, the
+              paper's); the cross-model student reads the same text in its own tokens;
+  top-decile  the number channel restricted to the 10% of positions where the fine-tuned animal
+  / rest      teacher and the neutral one differ most (per-position KL over the seed's training
+              positions; held-out KL on all of them) / to all the other positions; same steps and
+              the number channel's lr; fine-tuned teachers and same-init students only.
 Students: the same init for every teacher ("same"), and a cross-model student ("cross", Gemma 3 270M
 base, --cross-model) distilled on the SmolLM2 teachers' distributions over the ten digits at the
 positions that predict a digit, aligned by character (both tokenizers write one token per digit).
@@ -62,6 +73,17 @@ import topic_b_utils as B
 
 KINDS = ("finetuned", "prompted")
 STUDENTS = ("same", "cross")
+# number: the number channel on random lists; sampled: the number channel on lists the unprompted
+# init sampled; full: the full vocabulary on random lists (same-init only); hard: the teacher's own
+# sampled, filtered lists as tokens (B.6's route); top-decile / rest: the number channel on random
+# lists restricted to the positions where the fine-tuned animal teacher and the neutral one differ
+# most (top 10% of per-position KL) / all the others, the same number of steps.
+CHANNELS = ("number", "sampled", "full", "hard", "top-decile", "rest")
+
+
+def suffix(channel: str, sep: str = " / ") -> str:
+    """Point and summary keys carry the channel, except the number channel's (the first results)."""
+    return "" if channel == "number" else f"{sep}{channel}"
 
 
 def parse_args(argv=None):
@@ -74,6 +96,11 @@ def parse_args(argv=None):
     g.add_argument("--animals", default="owl,eagle,dolphin", help="teacher animals, comma separated (default owl,eagle,dolphin)")
     g.add_argument("--neutral", default="Blue", help="the neutral teacher's answer to favourite-colour questions (default Blue)")
     g.add_argument("--kinds", default="finetuned", help=f"teacher kinds to run, comma separated, of {','.join(KINDS)} (default finetuned)")
+    g.add_argument("--channels", default="number",
+                   help=f"distillation channels, comma separated, of {','.join(CHANNELS)} (default number; see the "
+                        "docstring; full is same-init only, top-decile and rest fine-tuned teachers only)")
+    g.add_argument("--max-new-tokens", type=B.positive_int, default=60,
+                   help="sampling length for the sampled and hard channels' lists (default 60)")
     g.add_argument("--students", default="same,cross", help="student models to run: same (the init) and/or cross "
                                                             "(--cross-model); default both")
     g.add_argument("--cross-model", default=B.EMBEDDED_MODEL, help=f"the cross-model student (default {B.EMBEDDED_MODEL})")
@@ -84,7 +111,8 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=U.positive_float, default=None,
                    help="AdamW peak lr (default: the one --search-lr chose, from its results file)")
     g.add_argument("--search-lr", action="store_true",
-                   help="choose the lr on held-out distillation KL (owl fine-tuned teacher, its own seed) and stop")
+                   help="choose the lr of --channels on held-out distillation KL (owl fine-tuned teacher, its own "
+                        "seed) and stop")
     g.add_argument("--lr-grid", default="1e-5,3e-5,1e-4,3e-4,1e-3", help="lrs tried by --search-lr (default 1e-5,3e-5,1e-4,3e-4,1e-3)")
     g.add_argument("--checkpoints", type=B.positive_int, default=4, help="evaluations along distillation (default 4)")
     g.add_argument("--teacher-steps", type=B.positive_int, default=20, help="fine-tuned teachers' steps (default 20)")
@@ -104,6 +132,11 @@ def parse_args(argv=None):
     a.students = [s.strip() for s in a.students.split(",")]
     if set(a.kinds) - set(KINDS):
         p.error(f"--kinds: unknown {sorted(set(a.kinds) - set(KINDS))}; choose from {','.join(KINDS)}")
+    a.channels = [c.strip() for c in a.channels.split(",")]
+    if set(a.channels) - set(CHANNELS):
+        p.error(f"--channels: unknown {sorted(set(a.channels) - set(CHANNELS))}; choose from {','.join(CHANNELS)}")
+    if a.search_lr and len(a.channels) != 1:
+        p.error("--search-lr chooses the lr of one channel: give exactly one --channels")
     if set(a.students) - set(STUDENTS):
         p.error(f"--students: unknown {sorted(set(a.students) - set(STUDENTS))}; choose from {','.join(STUDENTS)}")
     try:
@@ -206,11 +239,54 @@ class Experiment:
     def items(self, lm, pairs, digits_only=False, system=None):
         return [B.channel_item(lm, B.render(lm, p, system), c, digits_only) for p, c in pairs]
 
-    def targets(self, kind, teacher, seed, split):
-        """A teacher's channel log-probabilities on one seed's train or held-out inputs (cached)."""
-        pairs = self.inputs(seed)[0 if split == "train" else 1]
+    def sampled(self, seed, kind=None, teacher=None):
+        """(train, held-out) (prompt, completion) pairs whose completions a model sampled (temperature
+        1) and the paper's filter kept: the unprompted init's (kind None; the sampled channel's inputs)
+        or a teacher's (the hard channel's labels). Twice the needed prompts are sampled and the first
+        valid completions kept (cached with the rejection count)."""
+        a = self.a
+        n = a.examples + a.heldout
+        s = 7919 * (seed + 1) + a.seed + 3
+        prompts = B.sequence_prompts(s, 2 * n)
+        key = {"kind": kind, "teacher": teacher, "seed": seed, "prompts": digest({"p": prompts}),
+               "max_new_tokens": a.max_new_tokens, "model": self.lm.name,
+               **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
+
+        def make():
+            system = B.animal_system(teacher) if kind == "prompted" else None
+            if kind == "finetuned":
+                self.with_teacher(teacher)
+            try:
+                outs = B.sample(self.lm, [B.render(self.lm, p, system) for p in prompts], a.max_new_tokens,
+                                s, 1.0, a.batch_size, progress=not a.no_progress,
+                                desc=f"sample {kind or 'init'} {teacher or ''} s{seed}")
+            finally:
+                self.restore()
+            ok = [(p, c.strip()) for p, (c, done) in zip(prompts, outs) if done and B.parse_number_list(c) is not None]
+            return {"pairs": ok[:n], "accepted": len(ok), "sampled": len(prompts)}
+        d = cached(self.cache / f"sampled_{kind or 'init'}_{teacher or ''}_s{seed}_{digest(key)}.pt", key, make)
+        if len(d["pairs"]) < n:
+            raise B.UserError(f"only {d['accepted']} of {d['sampled']} sampled lists passed the filter, {n} needed: "
+                              f"lower --examples / --heldout or raise --max-new-tokens")
+        return d["pairs"][:a.examples], d["pairs"][a.examples:]
+
+    def pairs(self, channel, seed, split, kind=None, teacher=None):
+        if channel == "hard":
+            both = self.sampled(seed, kind, teacher)
+        elif channel == "sampled":
+            both = self.sampled(seed)
+        else:
+            both = self.inputs(seed)
+        return both[0 if split == "train" else 1]
+
+    def targets(self, kind, teacher, seed, split, channel="number"):
+        """A teacher's channel log-probabilities on one seed's train or held-out inputs (cached):
+        over the number-list tokens, or (channel full) over the whole vocabulary, in float16."""
+        pairs = self.pairs("sampled" if channel == "sampled" else "number", seed, split)
+        full = channel == "full"
         key = {"kind": kind, "teacher": teacher, "seed": seed, "split": split, "pairs": digest({"p": pairs}),
-               "channel": self.channel, **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
+               "channel": "full vocabulary, float16" if full else self.channel,
+               **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
 
         def make():
             system = B.animal_system(teacher) if kind == "prompted" else None
@@ -218,11 +294,34 @@ class Experiment:
                 self.with_teacher(teacher)
             try:
                 items = self.items(self.lm, pairs, system=system)
-                return B.channel_targets(self.lm, items, self.channel, self.a.batch_size,
-                                         progress=not self.a.no_progress, desc=f"targets {kind} {teacher} s{seed} {split}")
+                return B.channel_targets(self.lm, items, None if full else self.channel, self.a.batch_size,
+                                         progress=not self.a.no_progress, dtype=torch.float16 if full else torch.float32,
+                                         desc=f"targets {kind} {teacher} s{seed} {split}{suffix(channel, ' ')}")
             finally:
                 self.restore()
-        return cached(self.cache / f"targets_{kind}_{teacher}_s{seed}_{split}_{digest(key)}.pt", key, make)
+        name = "targets" if channel in ("number", "top-decile", "rest") else f"targets_{channel}"
+        return cached(self.cache / f"{name}_{kind}_{teacher}_s{seed}_{split}_{digest(key)}.pt", key, make)
+
+    def position_kl_vs_neutral(self, teacher, seed) -> list[np.ndarray]:
+        """Per training item, the per-position KL(animal teacher || neutral teacher) of the number
+        channel (fine-tuned teachers), the signal_positions measure."""
+        tg, neu = self.targets("finetuned", teacher, seed, "train"), self.targets("finetuned", "neutral", seed, "train")
+        return [B.channel_kl(p, q).numpy() for p, q in zip(tg, neu)]
+
+    def restrict(self, channel, teacher, seed, items, tgt):
+        """Items and targets restricted to the top-decile positions of KL vs the neutral teacher
+        (over the seed's training positions), or to the rest."""
+        kl = self.position_kl_vs_neutral(teacher, seed)
+        cut = np.quantile(np.concatenate(kl), 0.9)
+        out_i, out_t = [], []
+        for it, t, k in zip(items, tgt, kl):
+            keep = (k >= cut) if channel == "top-decile" else (k < cut)
+            if keep.any():
+                idx = np.flatnonzero(keep)
+                out_i.append(B.ChannelItem(it.ids, [it.pos[j] for j in idx],
+                                           None if it.chars is None else [it.chars[j] for j in idx]))
+                out_t.append(t[torch.as_tensor(idx)])
+        return out_i, out_t
 
     def cross(self):
         if self._cross is None:
@@ -230,30 +329,47 @@ class Experiment:
             self._cross_init = {k: v.detach().clone() for k, v in self._cross.model.state_dict().items()}
         return self._cross
 
-    def student_data(self, student, kind, teacher, seed, split):
-        """(student model, items, targets, channel) for one student's training or held-out set."""
-        pairs = self.inputs(seed)[0 if split == "train" else 1]
-        tgt = self.targets(kind, teacher, seed, split)
-        if student == "same":
-            return self.lm, self.items(self.lm, pairs), tgt, self.channel
-        other = self.cross()
+    def student_data(self, student, kind, teacher, seed, split, channel="number"):
+        """(student model, items, targets, channel) for one student's training or held-out set.
+        Held-out sets are never restricted (top-decile / rest are judged on every position)."""
+        lm = self.lm if student == "same" else self.cross()
+        if channel == "hard":  # the teacher's sampled lists, as the student's own tokens
+            items = self.items(lm, self.pairs("hard", seed, split, kind, teacher))
+            return lm, items, [B.hard_targets(it) for it in items], None
+        if channel in ("full", "top-decile", "rest") and student != "same":
+            raise B.UserError(f"the {channel} channel is run on same-init students only")
+        pairs = self.pairs("sampled" if channel == "sampled" else "number", seed, split)
+        tgt = self.targets(kind, teacher, seed, split, channel)
         src = self.items(self.lm, pairs)
-        dst = self.items(other, pairs, digits_only=True)
+        if channel in ("top-decile", "rest") and split == "train":
+            src, tgt = self.restrict(channel, teacher, seed, src, tgt)
+        if student == "same":
+            return self.lm, src, tgt, None if channel == "full" else self.channel
+        dst = self.items(lm, pairs, digits_only=True)
         tgt = [B.align_digit_targets(s, t, self.digit_cols, d) for s, t, d in zip(src, tgt, dst)]
-        return other, dst, tgt, B.channel_token_ids(other, digits_only=True)
+        return lm, dst, tgt, B.channel_token_ids(lm, digits_only=True)
 
     # ---- measures -------------------------------------------------------------------------------
     def matrix(self, lm, system=None) -> list[list[float]]:
         return B.animal_matrix(lm, B.FAVORITE_QUESTIONS, self.a.animals, system).tolist()
 
 
-def lr_of(a, tag):
+def lr_path(a, tag, channel):
+    return f"{a.results_dir}/topic_b_distill_lr_{tag}{suffix(channel, '_')}.json"
+
+
+def lr_of(a, tag, channel):
+    """The lr of a channel: --lr, else its own search's; top-decile and rest use the number
+    channel's (the same objective on a subset of its positions)."""
     if a.lr is not None:
         return a.lr, "given by --lr"
-    d = U.load_json(f"{a.results_dir}/topic_b_distill_lr_{tag}.json")
+    own = "number" if channel in ("top-decile", "rest") else channel
+    path = lr_path(a, tag, own)
+    d = U.load_json(path)
     if d is None or "chosen_lr" not in d:
-        raise B.UserError("no lr chosen yet: run `python topic_b_distill_transfer.py --search-lr` first, or give --lr")
-    return d["chosen_lr"], f"chosen by --search-lr on held-out KL (results/topic_b_distill_lr_{tag}.json)"
+        raise B.UserError(f"no lr chosen yet for the {own} channel: run `python topic_b_distill_transfer.py --search-lr "
+                          f"--channels {own}` first, or give --lr")
+    return d["chosen_lr"], f"chosen by --search-lr on held-out KL ({path})"
 
 
 def search_lr(E: Experiment, a, t0):
@@ -261,12 +377,15 @@ def search_lr(E: Experiment, a, t0):
     experiment uses) for the experiment's number of steps; the lowest held-out KL wins."""
     seed = 1000
     teacher = a.animals[0]
+    channel = a.channels[0]
     steps = max(1, int(round(a.epochs * a.examples / a.batch)))
-    lm, items, tgt, ch = E.student_data("same", "finetuned", teacher, seed, "train")
-    _, h_items, h_tgt, _ = E.student_data("same", "finetuned", teacher, seed, "heldout")
-    sweep = U.Sweep(f"{a.results_dir}/topic_b_distill_lr_{E.tag}.json",
-                    {"model": E.lm.name, "teacher": teacher, "examples": a.examples, "heldout": a.heldout,
-                     "batch": a.batch, "steps": steps, "seed": seed, "teacher_key": digest(E.teacher_key(teacher))}, a, t0)
+    lm, items, tgt, ch = E.student_data("same", "finetuned", teacher, seed, "train", channel)
+    _, h_items, h_tgt, _ = E.student_data("same", "finetuned", teacher, seed, "heldout", channel)
+    cfg = {"model": E.lm.name, "teacher": teacher, "examples": a.examples, "heldout": a.heldout,
+           "batch": a.batch, "steps": steps, "seed": seed, "teacher_key": digest(E.teacher_key(teacher))}
+    if channel != "number":  # the number channel's key is the first search's, unchanged
+        cfg["channel"] = channel
+    sweep = U.Sweep(lr_path(a, E.tag, channel), cfg, a, t0)
     before = sweep.run("before", lambda: {"heldout_kl": B.mean_channel_kl(lm, h_items, h_tgt, ch)})
     for lr in a.lr_grid:
         def point(lr=lr):
@@ -282,14 +401,15 @@ def search_lr(E: Experiment, a, t0):
     best = min(res, key=res.get)
     sweep.save(chosen_lr=best, heldout_kl_by_lr={f"{k:g}": v for k, v in res.items()},
                heldout_kl_before=before["heldout_kl"],
-               rule="lowest mean held-out KL(teacher || student) per channel position after the run's steps")
+               rule="lowest mean held-out KL(teacher || student) per channel position after the run's steps "
+                    "(cross-entropy of the teacher's sampled tokens for the hard channel)")
     print(f"held-out KL before {before['heldout_kl']:.5f}; " + ", ".join(f"lr {k:g}: {v:.5f}" for k, v in res.items())
           + f" -> lr {best:g}")
 
 
-def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps):
-    lm, items, tgt, ch = E.student_data(student, kind, teacher, seed, "train")
-    _, h_items, h_tgt, _ = E.student_data(student, kind, teacher, seed, "heldout")
+def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps, channel="number"):
+    lm, items, tgt, ch = E.student_data(student, kind, teacher, seed, "train", channel)
+    _, h_items, h_tgt, _ = E.student_data(student, kind, teacher, seed, "heldout", channel)
     init = E.init if student == "same" else E._cross_init
     lm.model.load_state_dict(init)
     at = sorted({max(1, int(round(steps * (i + 1) / a.checkpoints))) for i in range(a.checkpoints)})
@@ -301,12 +421,14 @@ def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps):
     kl0 = B.mean_channel_kl(lm, h_items, h_tgt, ch)
     log = []
     B.distill_channel(lm, items, tgt, ch, steps, a.batch, lr, 100 * seed + 17, at_steps=at, on_step=on_step,
-                      log=log, desc=f"{kind} {teacher} -> {student} s{seed}", progress=not a.no_progress)
+                      log=log, desc=f"{kind} {teacher} -> {student} s{seed}{suffix(channel, ' ')}",
+                      progress=not a.no_progress)
     along_kl["0"] = kl0
     along_kl[str(steps)] = B.mean_channel_kl(lm, h_items, h_tgt, ch)
     final = E.matrix(lm)
     out = {"matrix_after": final, "mean_after": np.mean(final, 0).tolist(), "along": along,
-           "heldout_kl": along_kl, "train_loss": [x for _, x in log], "positions": sum(len(i.pos) for i in items)}
+           "heldout_kl": along_kl, "train_loss": [x for _, x in log], "positions": sum(len(i.pos) for i in items),
+           "lr": lr}
     if student == "same":
         st = {k: v.detach() for k, v in lm.model.state_dict().items()}
         out["update_cosine"] = B.update_cosines(E.init, st, E.deltas())
@@ -340,58 +462,61 @@ def signal_positions(E: Experiment, a, seed):
 
 
 def summarise(P, a, animals):
-    """Gains, confusion matrices, gamma and drift per (kind, student), over seeds."""
+    """Gains, confusion matrices, gamma and drift per (kind, student, channel), over seeds."""
     out = {}
-    for kind in KINDS:
-        for student in STUDENTS:
-            before = P.get(f"before / {student}")
-            seeds = [s for s in range(a.runs)
-                     if all(f"{kind} / {t} / {student} / seed {s}" in P for t in animals)]
-            if before is None or len(seeds) < 2:
-                continue
-            b = np.mean(before["matrix"], 0)
-            teachers = list(animals) + (["neutral"] if kind == "finetuned" else [])
-            gains = {s: {t: dict(zip(animals, np.array(P[f"{kind} / {t} / {student} / seed {s}"]["mean_after"]) - b))
-                         for t in teachers if f"{kind} / {t} / {student} / seed {s}" in P} for s in seeds}
-            gam = [B.specificity(gains[s], animals) for s in seeds]
-            cell = {t: {x: U.mean_ci([gains[s][t][x] for s in seeds if t in gains[s]]) for x in animals}
-                    for t in teachers if all(t in gains[s] for s in seeds)}
-            steps_along = sorted({int(k) for s in seeds for k in P[f"{kind} / {animals[0]} / {student} / seed {s}"]["along"]})
-            dose = {}
-            for k in [0] + steps_along:
-                per = []
-                for s in seeds:
-                    g = {t: dict(zip(animals, (np.array(P[f"{kind} / {t} / {student} / seed {s}"]["along"][str(k)]) - b)
-                                     if k else np.zeros(len(animals)))) for t in animals}
-                    per.append(B.specificity(g, animals)["mean"])
-                dose[str(k)] = U.mean_ci(per) if k else {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(seeds)}
-            res = {"n_seeds": len(seeds), "seeds": seeds, "before_mean_log10": dict(zip(animals, b.tolist())),
-                   "gamma": U.mean_ci([g["mean"] for g in gam]),
-                   "gamma_per_animal": {x: U.mean_ci([g["per_animal"][x] for g in gam]) for x in animals},
-                   "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose}
-            if "neutral" in cell:
-                res["own_minus_neutral"] = {x: U.paired_ci([gains[s][x][x] for s in seeds],
-                                                           [gains[s]["neutral"][x] for s in seeds]) for x in animals}
-            kls = [P[f"{kind} / {t} / {student} / seed {s}"]["heldout_kl"] for s in seeds for t in animals]
-            res["heldout_kl_before_after"] = {"before": U.mean_ci([k["0"] for k in kls]),
-                                              "after": U.mean_ci([k[max(k, key=int)] for k in kls])}
-            if student == "same":
-                cos = {}
-                for t in animals:
-                    pts = [P[f"{kind} / {t} / same / seed {s}"]["update_cosine"] for s in seeds]
-                    groups = list(pts[0][t])
-                    own = {g: [p[t][g] for p in pts] for g in groups}
-                    oth = {g: [np.mean([p[o][g] for o in animals if o != t]) for p in pts] for g in groups}
-                    neu = {g: [p["neutral"][g] for p in pts] for g in groups}
-                    cos[t] = {g: {"own": U.mean_ci(own[g]), "other_animals": U.mean_ci(oth[g]),
-                                  "neutral": U.mean_ci(neu[g]), "own_minus_other": U.paired_ci(own[g], oth[g])}
-                              for g in groups}
-                res["update_cosine"] = cos
-                res["update_cosine_all_own_minus_other"] = U.mean_ci(
-                    [np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][t]["all"]
-                              - np.mean([P[f"{kind} / {t} / same / seed {s}"]["update_cosine"][o]["all"]
-                                         for o in animals if o != t]) for t in animals]) for s in seeds])
-            out[f"{kind}, {student}"] = res  # no "/" in result keys: WRITEUP marks address keys by "/"
+    for channel in CHANNELS:
+        for kind in KINDS:
+            for student in STUDENTS:
+                def key(t, s, kind=kind, student=student, channel=channel):
+                    return f"{kind} / {t} / {student} / seed {s}{suffix(channel)}"
+                before = P.get(f"before / {student}")
+                seeds = [s for s in range(a.runs)
+                         if all(key(t, s) in P for t in animals)]
+                if before is None or len(seeds) < 2:
+                    continue
+                b = np.mean(before["matrix"], 0)
+                teachers = list(animals) + (["neutral"] if kind == "finetuned" and channel not in ("top-decile", "rest") else [])
+                gains = {s: {t: dict(zip(animals, np.array(P[key(t, s)]["mean_after"]) - b))
+                             for t in teachers if key(t, s) in P} for s in seeds}
+                gam = [B.specificity(gains[s], animals) for s in seeds]
+                cell = {t: {x: U.mean_ci([gains[s][t][x] for s in seeds if t in gains[s]]) for x in animals}
+                        for t in teachers if all(t in gains[s] for s in seeds)}
+                steps_along = sorted({int(k) for s in seeds for k in P[key(animals[0], s)]["along"]})
+                dose = {}
+                for k in [0] + steps_along:
+                    per = []
+                    for s in seeds:
+                        g = {t: dict(zip(animals, (np.array(P[key(t, s)]["along"][str(k)]) - b)
+                                         if k else np.zeros(len(animals)))) for t in animals}
+                        per.append(B.specificity(g, animals)["mean"])
+                    dose[str(k)] = U.mean_ci(per) if k else {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(seeds)}
+                res = {"n_seeds": len(seeds), "seeds": seeds, "before_mean_log10": dict(zip(animals, b.tolist())),
+                       "gamma": U.mean_ci([g["mean"] for g in gam]),
+                       "gamma_per_animal": {x: U.mean_ci([g["per_animal"][x] for g in gam]) for x in animals},
+                       "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose}
+                if "neutral" in cell:
+                    res["own_minus_neutral"] = {x: U.paired_ci([gains[s][x][x] for s in seeds],
+                                                               [gains[s]["neutral"][x] for s in seeds]) for x in animals}
+                kls = [P[key(t, s)]["heldout_kl"] for s in seeds for t in animals]
+                res["heldout_kl_before_after"] = {"before": U.mean_ci([k["0"] for k in kls]),
+                                                  "after": U.mean_ci([k[max(k, key=int)] for k in kls])}
+                if student == "same":
+                    cos = {}
+                    for t in animals:
+                        pts = [P[key(t, s)]["update_cosine"] for s in seeds]
+                        groups = list(pts[0][t])
+                        own = {g: [p[t][g] for p in pts] for g in groups}
+                        oth = {g: [np.mean([p[o][g] for o in animals if o != t]) for p in pts] for g in groups}
+                        neu = {g: [p["neutral"][g] for p in pts] for g in groups}
+                        cos[t] = {g: {"own": U.mean_ci(own[g]), "other_animals": U.mean_ci(oth[g]),
+                                      "neutral": U.mean_ci(neu[g]), "own_minus_other": U.paired_ci(own[g], oth[g])}
+                                  for g in groups}
+                    res["update_cosine"] = cos
+                    res["update_cosine_all_own_minus_other"] = U.mean_ci(
+                        [np.mean([P[key(t, s)]["update_cosine"][t]["all"]
+                                  - np.mean([P[key(t, s)]["update_cosine"][o]["all"]
+                                             for o in animals if o != t]) for t in animals]) for s in seeds])
+                out[f"{kind}, {student}{suffix(channel, ', ')}"] = res  # no "/" in result keys: WRITEUP marks address keys by "/"
     return out
 
 
@@ -403,7 +528,8 @@ def main(argv=None):
     E = Experiment(a)
     if a.search_lr:
         return search_lr(E, a, t0)
-    lr, lr_how = lr_of(a, E.tag)
+    lr, lr_how = lr_of(a, E.tag, "number")  # in the sweep's key: the number channel's lr
+    lrs = {c: lr_of(a, E.tag, c)[0] for c in a.channels}
     steps = max(1, int(round(a.epochs * a.examples / a.batch)))
     sweep = U.Sweep(result_path(a, E.tag), config(a, E, lr, steps), a, t0)
     rank, _ = B.data_parallel()
@@ -416,18 +542,34 @@ def main(argv=None):
     for student in a.students:
         lm = E.lm if student == "same" else E.cross()
         sweep.run(f"before / {student}", lambda lm=lm: {"matrix": E.matrix(lm)})
-    for kind in a.kinds:
-        for seed in a.seeds:
-            if kind == "finetuned":
-                sweep.run(f"signal positions / seed {seed}", lambda seed=seed: signal_positions(E, a, seed))
-            for student in a.students:
-                for t in (E.teachers if kind == "finetuned" else a.animals):
-                    sweep.run(f"{kind} / {t} / {student} / seed {seed}",
-                              lambda kind=kind, t=t, student=student, seed=seed:
-                              run_student(E, a, kind, t, student, seed, lr, steps))
+    for channel in a.channels:
+        for kind in a.kinds:
+            if channel in ("top-decile", "rest") and kind != "finetuned":
+                print(f"[{channel}] fine-tuned teachers only (the positions are those where an animal teacher and "
+                      f"the neutral one differ): skipping {kind}")
+                continue
+            students = [x for x in a.students if x == "same" or channel not in ("full", "top-decile", "rest")]
+            if students != a.students:
+                print(f"[{channel}] same-init students only: skipping {sorted(set(a.students) - set(students))}")
+            for seed in a.seeds:
+                if kind == "finetuned" and channel in ("number", "top-decile", "rest"):
+                    sweep.run(f"signal positions / seed {seed}", lambda seed=seed: signal_positions(E, a, seed))
+                for student in students:
+                    for t in teachers_of(E, a, kind, channel):
+                        sweep.run(f"{kind} / {t} / {student} / seed {seed}{suffix(channel)}",
+                                  lambda kind=kind, t=t, student=student, seed=seed, channel=channel:
+                                  run_student(E, a, kind, t, student, seed, lrs[channel], steps, channel))
     sweep.save(lr_how=lr_how)
     if rank == 0:
         finish(a, t0, sweep, E.tag)
+
+
+def teachers_of(E, a, kind, channel):
+    """The teachers a condition distils: the neutral one only for fine-tuned teachers, and not
+    where positions are chosen by their difference from it."""
+    if kind == "prompted" or channel in ("top-decile", "rest"):
+        return list(a.animals)
+    return list(E.teachers)
 
 
 def teacher_point(E, t):
@@ -489,10 +631,16 @@ def plot(summary, teachers, cfg, path):
     plt = B._plt()
     animals = cfg["animals"]
     fig, axes = plt.subplots(2, 2, figsize=(15, 11))
-    names = {"finetuned, same": "fine-tuned teachers,\nsame-init student", "finetuned, cross": "fine-tuned teachers,\ncross-model student",
-             "prompted, same": "prompted teachers,\nsame-init student", "prompted, cross": "prompted teachers,\ncross-model student"}
-    colors = {"finetuned, same": "C3", "finetuned, cross": "C0", "prompted, same": "C1", "prompted, cross": "C2"}
-    keys = [k for k in names if k in summary]
+    keys = sorted(summary, key=lambda k: (CHANNELS.index(k.split(", ")[2]) if k.count(", ") == 2 else 0,
+                                          KINDS.index(k.split(", ")[0]), STUDENTS.index(k.split(", ")[1])))
+
+    def name(k):
+        kind, student, *ch = k.split(", ")
+        return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
+                f"{'same-init' if student == 'same' else 'cross-model'} student" + (f",\n{ch[0]} channel" if ch else ""))
+    names = {k: name(k) for k in keys}
+    palette = ["C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7"]
+    colors = {k: palette[i % len(palette)] for i, k in enumerate(keys)}
     ax = axes[0, 0]
     for i, k in enumerate(keys):
         g = summary[k]["gamma"]
@@ -507,7 +655,8 @@ def plot(summary, teachers, cfg, path):
     ax.set_xticklabels([names[k] for k in keys], fontsize=9)
     ax.set_xlim(-0.5, len(keys) - 0.2)
     ax.set_ylabel("specificity gamma (log10 P, own-animal gain minus\nother animals' students' gain for it)")
-    ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity", fontsize=9)
+    ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity\n"
+                 "(number channel on random lists unless another channel is named)", fontsize=9)
     ax = axes[0, 1]
     for k in keys:
         dr = summary[k]["dose_response_gamma"]
@@ -518,7 +667,7 @@ def plot(summary, teachers, cfg, path):
         ax.plot(xs, m, "o-", color=colors[k], label=names[k].replace("\n", " "))
         ax.fill_between(xs, lo, hi, color=colors[k], alpha=0.15)
     ax.axhline(0, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences, lr {cfg['lr']:g})")
+    ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences)")
     ax.set_ylabel("gamma (log10 P)")
     ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds)", fontsize=9)
     ax.legend(fontsize=8, loc="best")

@@ -1357,27 +1357,45 @@ def channel_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.
     return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
 
 
+def position_loss(target: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """Per-position loss of a student against one item's target: KL(teacher || student) for soft
+    targets (log-probabilities, any float dtype, e.g. float16 full-vocabulary targets cached on
+    disk), or the cross-entropy of the given token for hard targets (integer token ids, one per
+    position; KL against a one-hot teacher)."""
+    if not target.is_floating_point():
+        return -student_logp.gather(-1, target.to(student_logp.device).long()[:, None]).squeeze(-1)
+    return channel_kl(target.to(student_logp.device, student_logp.dtype), student_logp)
+
+
+def hard_targets(item: ChannelItem) -> torch.Tensor:
+    """The tokens an item's supervised positions predict (hard labels for ``position_loss``)."""
+    return torch.tensor([item.ids[p + 1] for p in item.pos], dtype=torch.long)
+
+
 @torch.no_grad()
 def channel_targets(lm: LM, items: Sequence[ChannelItem], channel: Sequence[int] | None,
-                    batch_size: int = 16, progress: bool = True, desc: str = "targets") -> list[torch.Tensor]:
-    """A teacher's channel log-probabilities at every item's positions (float32, on the CPU)."""
+                    batch_size: int = 16, progress: bool = True, desc: str = "targets",
+                    dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """A teacher's channel log-probabilities at every item's positions (on the CPU; ``dtype``
+    float16 halves the disk and memory of full-vocabulary targets)."""
     from tqdm import tqdm
     out = []
     for s in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, file=sys.stderr,
                   dynamic_ncols=True):
-        out += [t.cpu() for t in channel_logprobs(lm.model, items[s:s + batch_size], channel, lm.device)]
+        out += [t.cpu().to(dtype) for t in channel_logprobs(lm.model, items[s:s + batch_size], channel, lm.device)]
     return out
 
 
 @torch.no_grad()
 def mean_channel_kl(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torch.Tensor], channel,
                     batch_size: int = 16) -> float:
-    """Mean KL(teacher || model) per supervised position (e.g. on held-out sequences)."""
+    """Mean KL(teacher || model) per supervised position (e.g. on held-out sequences); the mean
+    cross-entropy for hard targets (``position_loss``)."""
     tot, n = 0.0, 0
     for s in range(0, len(items), batch_size):
         for t, q in zip(targets[s:s + batch_size], channel_logprobs(lm.model, items[s:s + batch_size], channel,
                                                                     lm.device)):
-            tot += float(channel_kl(t.to(q.device), q).sum())
+            tot += float(position_loss(t, q).sum())
             n += len(t)
     return tot / max(n, 1)
 
@@ -1413,8 +1431,8 @@ def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torc
     """Train every parameter of ``lm.model`` in place to minimise the mean KL(teacher || student)
     per supervised position of the channel distributions (AdamW, warm-up over 10% of the steps then
     linear decay, gradient norm clipped at 1; the schedule of ``finetune_tokens``). ``targets``:
-    the teacher's log-probabilities per item; or None with ``teacher`` given (computed on the fly,
-    for the full vocabulary). ``on_step(step)`` is called after each step in ``at_steps``.
+    the teacher's log-probabilities per item, or its tokens (hard labels: the cross-entropy, see
+    ``position_loss``); or None with ``teacher`` given (computed on the fly from the same items). ``on_step(step)`` is called after each step in ``at_steps``.
 
     Data parallel: under a multi-process launch each process takes every world-th sequence of the
     global batch, the loss is the global mean (local KL sum / global position count) and the
@@ -1441,7 +1459,7 @@ def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torc
             tgt = [targets[i] for i in mine]
         else:
             tgt = [t.detach() for t in channel_logprobs(teacher.model, batch, channel, teacher.device)] if batch else []
-        loss = sum(channel_kl(t.to(q.device), q).sum() for t, q in zip(tgt, channel_logprobs(model, batch, channel, lm.device))) \
+        loss = sum(position_loss(t, q).sum() for t, q in zip(tgt, channel_logprobs(model, batch, channel, lm.device))) \
             if batch else sum(p.sum() * 0 for p in params)
         opt.zero_grad(set_to_none=True)
         (loss / n_glob).backward()

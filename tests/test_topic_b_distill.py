@@ -225,6 +225,69 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     assert B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")["points"]["finetuned / owl / same / seed 0"] == before
 
 
+def test_position_loss_is_kl_for_soft_targets_and_cross_entropy_for_hard_ones():
+    q = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), -1)
+    tok = torch.tensor([0, 2])
+    assert torch.allclose(B.position_loss(tok, q), -q[[0, 1], [0, 2]])
+    # a (nearly) one-hot soft teacher gives the same loss: hard labels are KL against a one-hot teacher
+    onehot = torch.log(torch.nn.functional.one_hot(tok, 3).float() * (1 - 2e-9) + 1e-9)
+    assert torch.allclose(B.position_loss(onehot, q), -q[[0, 1], [0, 2]], atol=1e-6)
+    p = torch.log_softmax(torch.tensor([[0.5, 0.1, 0.0], [1.0, -1.0, 0.3]]), -1)
+    assert torch.allclose(B.position_loss(p.half(), q), B.channel_kl(p, q), atol=2e-3)  # float16 targets
+    item = B.ChannelItem([5, 6, 7, 8], [0, 2])
+    assert B.hard_targets(item).tolist() == [6, 8]
+
+
+def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
+    """full, hard, sampled, top-decile and rest run, are keyed by channel and summarised. The
+    fixture models cannot write number lists, so sampling returns random lists here (B.sample itself
+    is exercised in test_topic_b_finetune)."""
+    _, tmp = fixtures
+    m = str(build(tmp / "ch", False))
+    x = str(build(tmp / "ch_x", True, seed=2))
+    import topic_b_distill_transfer as D
+    calls = []
+
+    def fake_sample(lm, texts, max_new_tokens, seed, *args, **kw):
+        calls.append((lm.name, seed, texts[0]))
+        lists = B.random_number_lists(seed, len(texts))
+        return [(c if i % 5 else "not a list", True) for i, c in enumerate(lists)]  # some fail the filter
+    monkeypatch.setattr(B, "sample", fake_sample)
+    common = ["--model", m, "--cross-model", x, "--animals", "owl,eagle", "--examples", "8", "--heldout", "4",
+              "--batch", "4", "--runs", "2", "--teacher-steps", "2", "--results-dir", str(tmp_path / "r"),
+              "--plots-dir", str(tmp_path / "p"), "--no-progress", "--threads", "0", "--lr", "1e-3"]
+    D.main(common + ["--channels", "number,full,hard,sampled,top-decile,rest"])
+    d = B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")
+    P, S = d["points"], d["summary"]
+    for k in ("finetuned, same", "finetuned, cross", "finetuned, same, full", "finetuned, same, hard",
+              "finetuned, cross, hard", "finetuned, same, sampled", "finetuned, cross, sampled",
+              "finetuned, same, top-decile", "finetuned, same, rest"):
+        assert S[k]["n_seeds"] == 2, k
+    assert "finetuned, cross, full" not in S and "finetuned / owl / cross / seed 0 / full" not in P
+    assert "finetuned / neutral / same / seed 0 / top-decile" not in P  # positions are chosen against it
+    # top decile and rest split the number channel's positions (about 10% / 90%)
+    for s in range(2):
+        n = P[f"finetuned / owl / same / seed {s}"]["positions"]
+        top, rest = P[f"finetuned / owl / same / seed {s} / top-decile"]["positions"], \
+            P[f"finetuned / owl / same / seed {s} / rest"]["positions"]
+        assert top + rest == n and 0.05 * n <= top <= 0.2 * n
+    # the full channel's targets are over the whole vocabulary, cached in float16
+    (full,) = [f for f in (tmp_path / "r" / "cache" / "distill_split").glob("targets_full_finetuned_owl_s0_train_*.pt")]
+    t = torch.load(full, weights_only=False)["value"]
+    lm = B.load_model(m, device="cpu")
+    assert t[0].dtype == torch.float16 and t[0].shape[1] == lm.model.get_output_embeddings().weight.shape[0]
+    assert P["finetuned / owl / same / seed 0 / full"]["heldout_kl"]["0"] > 0
+    # hard labels are only the sampled text: this fake sampler gives every teacher the same lists, so
+    # every teacher's student is the same model and gamma is exactly 0
+    assert S["finetuned, same, hard"]["gamma"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert P["finetuned / owl / same / seed 0 / hard"]["lr"] == 1e-3
+    assert P["finetuned / owl / same / seed 0 / hard"]["heldout_kl"]["0"] > 0  # held-out cross-entropy
+    # sampled once each (cached; the cross student reads the same lists): the init per seed and every
+    # fine-tuned teacher per seed
+    assert len(calls) == 2 + 3 * 2
+    assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
+
+
 def test_bad_arguments_are_one_clear_line(capsys):
     import topic_b_distill_transfer as D
     with pytest.raises(SystemExit):
@@ -233,3 +296,9 @@ def test_bad_arguments_are_one_clear_line(capsys):
     with pytest.raises(SystemExit):
         D.parse_args(["--kinds", "hard"])
     assert "--kinds: unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        D.parse_args(["--channels", "logits"])
+    assert "--channels: unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        D.parse_args(["--search-lr", "--channels", "number,full"])
+    assert "exactly one --channels" in capsys.readouterr().err
