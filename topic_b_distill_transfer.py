@@ -262,13 +262,23 @@ class Experiment:
                                 desc=f"sample {kind or 'init'} {teacher or ''} s{seed}")
             finally:
                 self.restore()
-            ok = [(p, c.strip()) for p, (c, done) in zip(prompts, outs) if done and B.parse_number_list(c) is not None]
+            ok = [(p, c.strip()) for p, (c, done) in zip(prompts, outs)
+                  if done and B.parse_number_list(c) is not None and self._tokenises(p, c.strip())]
             return {"pairs": ok[:n], "accepted": len(ok), "sampled": len(prompts)}
         d = cached(self.cache / f"sampled_{kind or 'init'}_{teacher or ''}_s{seed}_{digest(key)}.pt", key, make)
         if len(d["pairs"]) < n:
             raise B.UserError(f"only {d['accepted']} of {d['sampled']} sampled lists passed the filter, {n} needed: "
                               f"lower --examples / --heldout or raise --max-new-tokens")
         return d["pairs"][:a.examples], d["pairs"][a.examples:]
+
+    def _tokenises(self, prompt, completion) -> bool:
+        """Whether a sampled completion tokenises the same inside the turn as alone (channel_item's
+        requirement); the rare one that does not is dropped with the filter's rejects."""
+        try:
+            B.channel_item(self.lm, B.render(self.lm, prompt), completion)
+            return True
+        except B.UserError:
+            return False
 
     def pairs(self, channel, seed, split, kind=None, teacher=None):
         if channel == "hard":
