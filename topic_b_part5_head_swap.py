@@ -110,7 +110,9 @@ def _shares(L: dict, seed: int) -> dict:
             "head_plus_body_minus_1": B.bootstrap_mean_ratio(nonadd, gap, seed=seed),
             "norm_share_removing_chat_norm": B.bootstrap_mean_ratio(moves["norm_removing_chat_norm"], gap, seed=seed),
             "moves_log10": {**{k: U.mean_ci(v) for k, v in moves.items()}, "non_additivity": U.mean_ci(nonadd)},
-            "gap": U.mean_ci(gap)}
+            "gap": (g := U.mean_ci(gap)),
+            # a share is read only when the gap it divides is distinguishable from 0
+            "shares_meaningful": bool(g["ci_low"] > 0 or g["ci_high"] < 0)}
 
 
 def random_log10(rows: dict, which: str = "n2a") -> dict | None:
