@@ -52,6 +52,9 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
     python topic_b_distill_transfer.py --search-lr                       # lr on held-out KL, ~15 min
     python topic_b_distill_transfer.py --students same &                 # ~2 h on one core
     python topic_b_distill_transfer.py --students cross                  # ~1.3 h on one core
+    python topic_b_distill_transfer.py --students same --kinds prompted  # ~1 h on one core (~3.5 min a student)
+    python topic_b_distill_transfer.py --students cross --kinds prompted # ~35 min on one core
+    python topic_b_distill_transfer.py --students same --channels top-decile,rest --seeds 0,1,2  # ~1 h
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
 writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
