@@ -643,14 +643,16 @@ def finish(a, t0, sweep=None, tag=None):
 def plot(summary, teachers, cfg, path):
     plt = B._plt()
     animals = cfg["animals"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    fig, ax_ = plt.subplot_mosaic([["g", "g"], ["d", "d"], ["c", "u"]], figsize=(16, 17),
+                                  gridspec_kw={"height_ratios": [1, 0.9, 1.1]})
+    axes = np.array([[ax_["g"], ax_["d"]], [ax_["c"], ax_["u"]]])
     keys = sorted(summary, key=lambda k: (CHANNELS.index(k.split(", ")[2]) if k.count(", ") == 2 else 0,
                                           KINDS.index(k.split(", ")[0]), STUDENTS.index(k.split(", ")[1])))
 
     def name(k):
         kind, student, *ch = k.split(", ")
         return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
-                f"{'same-init' if student == 'same' else 'cross-model'} student" + (f",\n{ch[0]} channel" if ch else ""))
+                f"{'same-init' if student == 'same' else 'cross-model'} student" + (f",\n{ch[0]} positions" if ch and ch[0] in ("top-decile", "rest") else f",\n{ch[0]} channel" if ch else ""))
     names = {k: name(k) for k in keys}
     palette = ["C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7"]
     colors = {k: palette[i % len(palette)] for i, k in enumerate(keys)}
