@@ -82,6 +82,7 @@ STUDENTS = ("same", "cross")
 # lists restricted to the positions where the fine-tuned animal teacher and the neutral one differ
 # most (top 10% of per-position KL) / all the others, the same number of steps.
 CHANNELS = ("number", "sampled", "full", "hard", "top-decile", "rest")
+MAX_ROUNDS = 8  # sampling rounds for the sampled and hard channels' lists
 
 
 def suffix(channel: str, sep: str = " / ") -> str:
@@ -245,13 +246,14 @@ class Experiment:
     def sampled(self, seed, kind=None, teacher=None):
         """(train, held-out) (prompt, completion) pairs whose completions a model sampled (temperature
         1) and the paper's filter kept: the unprompted init's (kind None; the sampled channel's inputs)
-        or a teacher's (the hard channel's labels). Twice the needed prompts are sampled and the first
-        valid completions kept (cached with the rejection count)."""
+        or a teacher's (the hard channel's labels). Rounds of twice the needed prompts are sampled
+        (each round its own prompts) until enough completions pass, at most MAX_ROUNDS rounds (SmolLM2
+        passes about a fifth); the first valid ones are kept, cached with the rejection count."""
         a = self.a
         n = a.examples + a.heldout
         s = 7919 * (seed + 1) + a.seed + 3
-        prompts = B.sequence_prompts(s, 2 * n)
-        key = {"kind": kind, "teacher": teacher, "seed": seed, "prompts": digest({"p": prompts}),
+        key = {"kind": kind, "teacher": teacher, "seed": seed, "prompts": digest({"p": B.sequence_prompts(s, 2 * n)}),
+               "rounds": f"until {n} pass, at most {MAX_ROUNDS}",
                "max_new_tokens": a.max_new_tokens, "model": self.lm.name,
                **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
 
@@ -259,19 +261,25 @@ class Experiment:
             system = B.animal_system(teacher) if kind == "prompted" else None
             if kind == "finetuned":
                 self.with_teacher(teacher)
+            ok, sampled = [], 0
             try:
-                outs = B.sample(self.lm, [B.render(self.lm, p, system) for p in prompts], a.max_new_tokens,
-                                s, 1.0, a.batch_size, progress=not a.no_progress,
-                                desc=f"sample {kind or 'init'} {teacher or ''} s{seed}")
+                for r in range(MAX_ROUNDS):
+                    prompts = B.sequence_prompts(s + 104729 * r, 2 * n)
+                    outs = B.sample(self.lm, [B.render(self.lm, p, system) for p in prompts], a.max_new_tokens,
+                                    s + r, 1.0, a.batch_size, progress=not a.no_progress,
+                                    desc=f"sample {kind or 'init'} {teacher or ''} s{seed} round {r + 1}")
+                    sampled += len(prompts)
+                    ok += [(p, c.strip()) for p, (c, done) in zip(prompts, outs)
+                           if done and B.parse_number_list(c) is not None and self._tokenises(p, c.strip())]
+                    if len(ok) >= n:
+                        break
             finally:
                 self.restore()
-            ok = [(p, c.strip()) for p, (c, done) in zip(prompts, outs)
-                  if done and B.parse_number_list(c) is not None and self._tokenises(p, c.strip())]
-            return {"pairs": ok[:n], "accepted": len(ok), "sampled": len(prompts)}
+            return {"pairs": ok[:n], "accepted": len(ok), "sampled": sampled}
         d = cached(self.cache / f"sampled_{kind or 'init'}_{teacher or ''}_s{seed}_{digest(key)}.pt", key, make)
         if len(d["pairs"]) < n:
-            raise B.UserError(f"only {d['accepted']} of {d['sampled']} sampled lists passed the filter, {n} needed: "
-                              f"lower --examples / --heldout or raise --max-new-tokens")
+            raise B.UserError(f"only {d['accepted']} of {d['sampled']} sampled lists passed the filter in {MAX_ROUNDS} "
+                              f"rounds, {n} needed: lower --examples / --heldout or raise --max-new-tokens")
         return d["pairs"][:a.examples], d["pairs"][a.examples:]
 
     def _tokenises(self, prompt, completion) -> bool:

@@ -251,7 +251,7 @@ def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
     def fake_sample(lm, texts, max_new_tokens, seed, *args, **kw):
         calls.append((lm.name, seed, texts[0]))
         lists = B.random_number_lists(seed, len(texts))
-        return [(c if i % 5 else "not a list", True) for i, c in enumerate(lists)]  # some fail the filter
+        return [(c if i % 3 == 0 else "not a list", True) for i, c in enumerate(lists)]  # most fail the filter
     monkeypatch.setattr(B, "sample", fake_sample)
     common = ["--model", m, "--cross-model", x, "--animals", "owl,eagle", "--examples", "8", "--heldout", "4",
               "--batch", "4", "--runs", "2", "--teacher-steps", "2", "--results-dir", str(tmp_path / "r"),
@@ -282,9 +282,10 @@ def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
     assert S["finetuned, same, hard"]["gamma"]["mean"] == pytest.approx(0.0, abs=1e-9)
     assert P["finetuned / owl / same / seed 0 / hard"]["lr"] == 1e-3
     assert P["finetuned / owl / same / seed 0 / hard"]["heldout_kl"]["0"] > 0  # held-out cross-entropy
-    # sampled once each (cached; the cross student reads the same lists): the init per seed and every
-    # fine-tuned teacher per seed
-    assert len(calls) == 2 + 3 * 2
+    # a third passes, so each list set takes two rounds of twice the needed prompts, each round its
+    # own prompts; sampled once (cached; the cross student reads the same lists): the init per seed
+    # and every fine-tuned teacher per seed
+    assert len(calls) == 2 * (2 + 3 * 2) and calls[0][2] != calls[1][2]
     assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
 
 
