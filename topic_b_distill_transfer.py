@@ -265,12 +265,13 @@ class Experiment:
             try:
                 for r in range(MAX_ROUNDS):
                     prompts = B.sequence_prompts(s + 104729 * r, 2 * n)
-                    outs = B.sample(self.lm, [B.render(self.lm, p, system) for p in prompts], a.max_new_tokens,
-                                    s + r, 1.0, a.batch_size, progress=not a.no_progress,
-                                    desc=f"sample {kind or 'init'} {teacher or ''} s{seed} round {r + 1}")
+                    outs = B.sample_number_lists(self.lm, [B.render(self.lm, p, system) for p in prompts],
+                                                 a.max_new_tokens, s + r, 1.0, a.batch_size,
+                                                 progress=not a.no_progress,
+                                                 desc=f"sample {kind or 'init'} {teacher or ''} s{seed} round {r + 1}")
                     sampled += len(prompts)
-                    ok += [(p, c.strip()) for p, (c, done) in zip(prompts, outs)
-                           if done and B.parse_number_list(c) is not None and self._tokenises(p, c.strip())]
+                    ok += [(p, c.strip()) for p, (c, _, nums) in zip(prompts, outs)
+                           if nums is not None and self._tokenises(p, c.strip())]
                     if len(ok) >= n:
                         break
             finally:
@@ -538,7 +539,27 @@ def summarise(P, a, animals):
                                   - np.mean([P[key(t, s)]["update_cosine"][o]["all"]
                                              for o in animals if o != t]) for t in animals]) for s in seeds])
                 out[f"{kind}, {student}{suffix(channel, ', ')}"] = res  # no "/" in result keys: WRITEUP marks address keys by "/"
+    paired_channel_differences(out)
     return out
+
+
+def paired_channel_differences(out: dict) -> None:
+    """Each other channel's gamma minus the number channel's (same kind and student), and the top
+    decile's minus the rest's, paired over the seeds both ran: a seed fixes the teachers, the init
+    and (for full, top-decile and rest) the very inputs, so the difference is the channel's."""
+    def against(k, base, name):
+        if k not in out or base not in out:
+            return
+        per = {b: dict(zip(out[b]["seeds"], out[b]["gamma_per_seed"])) for b in (k, base)}
+        seeds = [s for s in per[k] if s in per[base]]
+        if len(seeds) >= 2:
+            out[k][name] = {**U.paired_ci([per[k][s] for s in seeds], [per[base][s] for s in seeds]), "seeds": seeds}
+    for k in list(out):
+        kind, student, *ch = k.split(", ")
+        if ch:
+            against(k, f"{kind}, {student}", "gamma_minus_number_channel")
+    for student in STUDENTS:
+        against(f"finetuned, {student}, top-decile", f"finetuned, {student}, rest", "gamma_minus_rest")
 
 
 def main(argv=None):

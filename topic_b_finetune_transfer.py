@@ -99,11 +99,9 @@ def teacher_data(lm, system, prompts, a, cache_path, name):
         return old
     t = time.time()
     texts = [B.render(lm, p, system, prefill(p, a)) for p in prompts]
-    outs = B.sample(lm, texts, a.max_new_tokens, a.seed, a.temperature, a.batch_size, desc=f"teacher {name}")
-    rows = []
-    for p, (c, done) in zip(prompts, outs):
-        nums = B.parse_number_list(c) if done else None
-        rows.append({"prompt": p, "completion": c, "ended": done, "numbers": nums})
+    outs = B.sample_number_lists(lm, texts, a.max_new_tokens, a.seed, a.temperature, a.batch_size,
+                                 desc=f"teacher {name}")
+    rows = [{"prompt": p, "completion": c, "ended": done, "numbers": nums} for p, (c, done, nums) in zip(prompts, outs)]
     acc = [r for r in rows if r["numbers"] is not None]
     d = {"key": key, "rows": rows, "accepted": len(acc), "n": len(rows),
          "rejection_rate": 1 - len(acc) / len(rows), "not_ended": sum(not r["ended"] for r in rows),

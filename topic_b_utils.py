@@ -196,13 +196,16 @@ def load_gguf(path: Path, dev, dtype, progress: bool = True) -> tuple[object, ob
             model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = cached.with_name(cached.name + ".tmp")
+        import shutil
+        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")  # one per process: two may dequantise at once
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if cached.exists():
-            import shutil
-            shutil.rmtree(cached)
-        os.replace(tmp, cached)
+        if (cached / "config.json").is_file():  # another process finished first: keep its copy
+            shutil.rmtree(tmp)
+        else:
+            if cached.exists():  # a partial copy
+                shutil.rmtree(cached)
+            os.replace(tmp, cached)
         notes.append(f"dequantised from GGUF in {time.time() - t:.0f}s, cached at {cached}")
     return model.to(dev, dtype), tok, notes
 
@@ -1166,6 +1169,16 @@ def sample(lm: LM, prompt_texts: Sequence[str], max_new_tokens: int, seed: int, 
                 text, cut = text.split("\n", 1)[0], 0
             out.append((text, cut is not None))
     return out
+
+
+def sample_number_lists(lm: LM, prompt_texts: Sequence[str], max_new_tokens: int, seed: int,
+                        temperature: float = 1.0, batch_size: int = 32, progress: bool = True,
+                        desc: str = "sample") -> list[tuple[str, bool, list[int] | None]]:
+    """``sample`` followed by the paper's filter (B.6's teacher data, B.7's sampled and hard lists):
+    (text, whether the turn ended, the numbers) per prompt; the numbers are None when the turn did
+    not end within max_new_tokens or the text is not a valid list (``parse_number_list``)."""
+    return [(t, done, parse_number_list(t) if done else None)
+            for t, done in sample(lm, prompt_texts, max_new_tokens, seed, temperature, batch_size, progress, desc)]
 
 
 def end_of_turn(lm: LM) -> str:

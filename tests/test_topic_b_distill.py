@@ -281,6 +281,12 @@ def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
     # every teacher's student is the same model and gamma is exactly 0
     assert S["finetuned, same, hard"]["gamma"]["mean"] == pytest.approx(0.0, abs=1e-9)
     assert P["finetuned / owl / same / seed 0 / hard"]["lr"] == 1e-3
+    # channel differences are paired by seed: hard minus number is minus the number channel's gamma
+    d_hard = S["finetuned, same, hard"]["gamma_minus_number_channel"]
+    assert d_hard["n"] == 2 and d_hard["mean"] == pytest.approx(-S["finetuned, same"]["gamma"]["mean"], abs=1e-9)
+    top, rest = S["finetuned, same, top-decile"], S["finetuned, same, rest"]
+    assert top["gamma_minus_rest"]["mean"] == pytest.approx(top["gamma"]["mean"] - rest["gamma"]["mean"], abs=1e-9)
+    assert "gamma_minus_number_channel" not in S["finetuned, same"]
     assert P["finetuned / owl / same / seed 0 / hard"]["heldout_kl"]["0"] > 0  # held-out cross-entropy
     # a third passes, so each list set takes two rounds of twice the needed prompts, each round its
     # own prompts; sampled once (cached; the cross student reads the same lists): the init per seed

@@ -175,3 +175,7 @@ def test_a_plain_transcript_turn_ends_at_the_newline(tmp_path, monkeypatch):
     out = B.sample(lm, [B.render(lm, "Continue: 1, 2.", None)] * 2, 8, seed=0, batch_size=2, progress=False)
     assert B.parse_number_list(out[0][0]) == [12, 13] and out[0][1] is True
     assert B.parse_number_list(out[1][0]) == [12, 13, 14] and out[1][1] is False
+    # the filter on top: an unfinished turn is rejected even when its text parses
+    lists = B.sample_number_lists(lm, [B.render(lm, "Continue: 1, 2.", None)] * 2, 8, seed=0, batch_size=2,
+                                  progress=False)
+    assert lists == [(out[0][0], True, [12, 13]), (out[1][0], False, None)]
