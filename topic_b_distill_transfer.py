@@ -55,6 +55,13 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
     python topic_b_distill_transfer.py --students same --kinds prompted  # ~1 h on one core (~3.5 min a student)
     python topic_b_distill_transfer.py --students cross --kinds prompted # ~35 min on one core
     python topic_b_distill_transfer.py --students same --channels top-decile,rest --seeds 0,1,2  # ~1 h
+    python topic_b_distill_transfer.py --search-lr --channels full       # ~13 min
+    python topic_b_distill_transfer.py --students same --channels full --seeds 0,1,2  # ~4.2 min a student, ~55 min
+    python topic_b_distill_transfer.py --search-lr --channels hard       # ~18 min (~7 min of it sampling)
+    python topic_b_distill_transfer.py --students same --channels hard --seeds 0,1,2  # ~10 min a student
+                                     # (~7 of them sampling the teacher's lists: ~670 samples for 112 that pass);
+                                     # a second process with --seeds 2,1,0 shares the work
+    python topic_b_distill_transfer.py --students cross --channels hard --seeds 0,1,2  # the same cached lists
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
 writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
