@@ -199,6 +199,7 @@ class Experiment:
         self.teachers = list(a.animals) + ["neutral"]
         self._cross = None
         self._deltas = None
+        self.filter_counts = {}  # (kind, teacher, seed) -> how many sampled lists passed the filter
 
     # ---- teachers -------------------------------------------------------------------------------
     def teacher_key(self, name):
@@ -285,6 +286,7 @@ class Experiment:
                 self.restore()
             return {"pairs": ok[:n], "accepted": len(ok), "sampled": sampled}
         d = cached(self.cache / f"sampled_{kind or 'init'}_{teacher or ''}_s{seed}_{digest(key)}.pt", key, make)
+        self.filter_counts[(kind, teacher, seed)] = {"accepted": d["accepted"], "sampled": d["sampled"]}
         if len(d["pairs"]) < n:
             raise B.UserError(f"only {d['accepted']} of {d['sampled']} sampled lists passed the filter in {MAX_ROUNDS} "
                               f"rounds, {n} needed: lower --examples / --heldout or raise --max-new-tokens")
@@ -458,6 +460,8 @@ def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps, chann
     out = {"matrix_after": final, "mean_after": np.mean(final, 0).tolist(), "along": along,
            "heldout_kl": along_kl, "train_loss": [x for _, x in log], "positions": sum(len(i.pos) for i in items),
            "lr": lr}
+    if channel in ("hard", "sampled"):  # the paper's filter on the sampled lists
+        out["filter"] = E.filter_counts[(kind, teacher, seed) if channel == "hard" else (None, None, seed)]
     if student == "same":
         st = {k: v.detach() for k, v in lm.model.state_dict().items()}
         out["update_cosine"] = B.update_cosines(E.init, st, E.deltas())
@@ -662,18 +666,37 @@ def finish(a, t0, sweep=None, tag=None):
                   "mean_kl": U.mean_ci([s[t]["mean_kl"] for s in sig]),
                   "by_token": {k: U.mean_ci([s[t]["by_token"][k] for s in sig]) for k in sig[0][t]["by_token"]}}
               for t in animals} if len(sig) >= 2 else {}
+    summary_filter = sampling_filter(P)
     if sweep is None:  # under the sweep's lock: running processes may be writing points meanwhile
         with U.file_lock(Path(result_path(a, tag))):
             d = U.load_json(result_path(a, tag))
-            d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
+            d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
+                     sampling_filter=summary_filter)
             U.save_json(result_path(a, tag), d)
     else:
-        sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal)
+        sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
+                   sampling_filter=summary_filter)
     for k, r in summary.items():
         g = r["gamma"]
         print(f"{k:<22} gamma {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] (n = {r['n_seeds']} seeds)")
     if summary:
         plot(summary, teachers, cfg, f"{a.plots_dir}/topic_b_distill_transfer_{tag}.png")
+
+
+def sampling_filter(P) -> dict:
+    """How many sampled lists the paper's filter passed, per channel (hard: the teachers' lists;
+    sampled: the init's), each list set counted once (a same-init and a cross student share it)."""
+    out = {}
+    for ch in ("hard", "sampled"):
+        sets = {}
+        for k, v in P.items():
+            if k.endswith(f" / {ch}") and "filter" in v:
+                kind, teacher, _, seed = k.split(" / ")[:4]
+                sets[(kind, teacher, seed) if ch == "hard" else seed] = v["filter"]
+        if sets:
+            acc, sam = sum(x["accepted"] for x in sets.values()), sum(x["sampled"] for x in sets.values())
+            out[ch] = {"list_sets": len(sets), "accepted": acc, "sampled": sam, "pass_rate": acc / sam}
+    return out
 
 
 def plot(summary, teachers, cfg, path):
@@ -690,7 +713,8 @@ def plot(summary, teachers, cfg, path):
         return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
                 f"{'same-init' if student == 'same' else 'cross-model'} student" + (f",\n{ch[0]} positions" if ch and ch[0] in ("top-decile", "rest") else f",\n{ch[0]} channel" if ch else ""))
     names = {k: name(k) for k in keys}
-    palette = ["C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7"]
+    # one colour per condition; the update-alignment bars use black, grey and white, none of these
+    palette = ["C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "navy", "darkgoldenrod", "teal"]
     colors = {k: palette[i % len(palette)] for i, k in enumerate(keys)}
     ax = axes[0, 0]
     for i, k in enumerate(keys):
@@ -746,11 +770,11 @@ def plot(summary, teachers, cfg, path):
         cos = summary["finetuned, same"]["update_cosine"]
         groups = [g for g in ("all", "embedding", "attention", "mlp", "norms") if g in cos[animals[0]]]
         w = 0.25
-        for j, (which, col, lab) in enumerate((("own", "C4", "own teacher's update"),
-                                               ("other_animals", "C7", "other animal teachers' updates (mean)"),
-                                               ("neutral", "C9", "neutral teacher's update"))):
+        for j, (which, col, hatch, lab) in enumerate((("own", "k", "", "own teacher's update"),
+                                                      ("other_animals", "0.6", "", "other animal teachers' updates (mean)"),
+                                                      ("neutral", "white", "//", "neutral teacher's update"))):
             m = [np.mean([cos[t][g][which]["mean"] for t in animals]) for g in groups]
-            ax.bar(np.arange(len(groups)) + (j - 1) * w, m, w, color=col, label=lab, edgecolor="k")
+            ax.bar(np.arange(len(groups)) + (j - 1) * w, m, w, color=col, hatch=hatch, label=lab, edgecolor="k")
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups)
         ax.axhline(0, color="gray", lw=0.8)
@@ -762,11 +786,12 @@ def plot(summary, teachers, cfg, path):
         ax.legend(fontsize=8)
     else:
         ax.axis("off")
-    tp = "; ".join(f"{t.split(', ')[1]} {v[t.split(', ')[1]]:.3f}" for t, v in teachers.items()
+    tp = "; ".join(f"{t.split(', ')[1]} {10 ** v[t.split(', ')[1]]:.4f}" for t, v in teachers.items()
                    if t.startswith("finetuned") and t.split(", ")[1] in v)
     fig.suptitle(f"Distillation through the number channel: {cfg['model'].split(' ')[0]} teachers; "
                  f"{cfg['examples']} random number lists per seed, {cfg['steps']} steps\n"
-                 f"fine-tuned teachers' own log10 P(their animal): {tp}", fontsize=11)
+                 f"(other channels as named); fine-tuned teachers' own P(answer starts with their animal), geometric mean over the 24 questions: {tp}",
+                 fontsize=11)
     fig.tight_layout()
     B.save_fig(fig, path)
     print(f"wrote {path}")

@@ -287,6 +287,11 @@ def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
     top, rest = S["finetuned, same, top-decile"], S["finetuned, same, rest"]
     assert top["gamma_minus_rest"]["mean"] == pytest.approx(top["gamma"]["mean"] - rest["gamma"]["mean"], abs=1e-9)
     assert "gamma_minus_number_channel" not in S["finetuned, same"]
+    # the filter's pass counts are recorded per list set (a third of the fake samples are lists)
+    f = d["sampling_filter"]
+    assert f["hard"]["list_sets"] == 2 * 3 and f["sampled"]["list_sets"] == 2
+    assert f["hard"]["pass_rate"] == pytest.approx(f["hard"]["accepted"] / f["hard"]["sampled"])
+    assert 0.25 < f["hard"]["pass_rate"] < 0.45 and P["finetuned / owl / cross / seed 1 / hard"]["filter"]["sampled"] > 0
     assert P["finetuned / owl / same / seed 0 / hard"]["heldout_kl"]["0"] > 0  # held-out cross-entropy
     # a third passes, so each list set takes two rounds of twice the needed prompts, each round its
     # own prompts; sampled once (cached; the cross student reads the same lists): the init per seed
