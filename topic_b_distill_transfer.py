@@ -58,10 +58,12 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
     python topic_b_distill_transfer.py --search-lr --channels full       # ~13 min
     python topic_b_distill_transfer.py --students same --channels full --seeds 0,1,2  # ~4.2 min a student, ~55 min
     python topic_b_distill_transfer.py --search-lr --channels hard       # ~18 min (~7 min of it sampling)
-    python topic_b_distill_transfer.py --students same --channels hard --seeds 0,1,2  # ~10 min a student
-                                     # (~7 of them sampling the teacher's lists: ~670 samples for 112 that pass);
-                                     # a second process with --seeds 2,1,0 shares the work
-    python topic_b_distill_transfer.py --students cross --channels hard --seeds 0,1,2  # the same cached lists
+    python topic_b_distill_transfer.py --students same --channels hard --seeds 0,1,2  # ~4 min a student plus
+                                     # sampling the teacher's lists (up to ~5 min per teacher and seed; about
+                                     # half pass the filter, results' sampling_filter); ~1 h in all
+    python topic_b_distill_transfer.py --students cross --channels hard --seeds 0,1,2  # the same cached lists, ~3.2 min a student
+    python topic_b_distill_transfer.py --search-lr --channels sampled    # ~25 min (the init passes the filter far less often than the teachers)
+    python topic_b_distill_transfer.py --students same --channels sampled --seeds 0,1,2  # ~3.5 min a student + ~7 min a seed
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
 writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
