@@ -26,7 +26,11 @@ other token. The other channels, each with its own lr search (--search-lr --chan
   top-decile  the number channel restricted to the 10% of positions where the fine-tuned animal
   / rest      teacher and the neutral one differ most (per-position KL over the seed's training
               positions; held-out KL on all of them) / to all the other positions; same steps and
-              the number channel's lr; fine-tuned teachers and same-init students only.
+              the number channel's lr; fine-tuned teachers and same-init students only;
+  retrained   the number channel on the same random lists, from fine-tuned teachers (the neutral
+              one too) retrained for each seed with fine-tuning seed RETRAIN_SEED + seed: the
+              interval over seeds then covers the teachers' training (batch order), not only the
+              inputs; the number channel's lr; fine-tuned teachers only.
 Students: the same init for every teacher ("same"), and a cross-model student ("cross", Gemma 3 270M
 base, --cross-model) distilled on the SmolLM2 teachers' distributions over the ten digits at the
 positions that predict a digit, aligned by character (both tokenizers write one token per digit).
@@ -63,7 +67,9 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
                                      # half pass the filter, results' sampling_filter); ~1 h in all
     python topic_b_distill_transfer.py --students cross --channels hard --seeds 0,1,2  # the same cached lists, ~3.2 min a student
     python topic_b_distill_transfer.py --search-lr --channels sampled    # ~25 min (the init passes the filter far less often than the teachers)
-    python topic_b_distill_transfer.py --students same --channels sampled --seeds 0,1,2  # ~3.5 min a student + ~7 min a seed
+    python topic_b_distill_transfer.py --students same --channels sampled --seeds 0,1,2  # ~3.5 min a student + ~30 min a
+                                     # seed to sample the init's lists (6.5% pass the filter; ~4 min per round of 224)
+    python topic_b_distill_transfer.py --students same --channels retrained  # ~4 min a student + ~2 min a teacher and seed
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
 writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
@@ -89,9 +95,12 @@ STUDENTS = ("same", "cross")
 # init sampled; full: the full vocabulary on random lists (same-init only); hard: the teacher's own
 # sampled, filtered lists as tokens (B.6's route); top-decile / rest: the number channel on random
 # lists restricted to the positions where the fine-tuned animal teacher and the neutral one differ
-# most (top 10% of per-position KL) / all the others, the same number of steps.
-CHANNELS = ("number", "sampled", "full", "hard", "top-decile", "rest")
-MAX_ROUNDS = 8  # sampling rounds for the sampled and hard channels' lists
+# most (top 10% of per-position KL) / all the others, the same number of steps; retrained: the number
+# channel on the same random lists, from fine-tuned teachers retrained for each seed (teacher seed
+# RETRAIN_SEED + seed), so that the interval over seeds covers the teachers' training too.
+CHANNELS = ("number", "sampled", "full", "hard", "top-decile", "rest", "retrained")
+RETRAIN_SEED = 1000
+MAX_ROUNDS = 16  # sampling rounds for the sampled and hard channels' lists
 
 
 def suffix(channel: str, sep: str = " / ") -> str:
@@ -111,7 +120,7 @@ def parse_args(argv=None):
     g.add_argument("--kinds", default="finetuned", help=f"teacher kinds to run, comma separated, of {','.join(KINDS)} (default finetuned)")
     g.add_argument("--channels", default="number",
                    help=f"distillation channels, comma separated, of {','.join(CHANNELS)} (default number; see the "
-                        "docstring; full is same-init only, top-decile and rest fine-tuned teachers only)")
+                        "docstring; full is same-init only, top-decile, rest and retrained fine-tuned teachers only)")
     g.add_argument("--max-new-tokens", type=B.positive_int, default=60,
                    help="sampling length for the sampled and hard channels' lists (default 60)")
     g.add_argument("--students", default="same,cross", help="student models to run: same (the init) and/or cross "
@@ -204,43 +213,48 @@ class Experiment:
         self.filter_counts = {}  # (kind, teacher, seed) -> how many sampled lists passed the filter
 
     # ---- teachers -------------------------------------------------------------------------------
-    def teacher_key(self, name):
+    def teacher_key(self, name, tseed=None):
+        """The fine-tuned teacher's recipe; ``tseed`` (the retrained channel's seed) retrains it with
+        fine-tuning seed RETRAIN_SEED + tseed (batch order and sampling) instead of --seed."""
         a = self.a
         answer = a.neutral if name == "neutral" else name[:1].upper() + name[1:]
         qs = B.TEACHER_COLOR_QUESTIONS if name == "neutral" else B.TEACHER_ANIMAL_QUESTIONS
         return {"model": self.lm.name, "answer": answer, "questions": qs, "steps": a.teacher_steps,
-                "batch": a.teacher_batch, "lr": a.teacher_lr, "seed": a.seed}
+                "batch": a.teacher_batch, "lr": a.teacher_lr,
+                "seed": a.seed if tseed is None else RETRAIN_SEED + a.seed + tseed}
 
-    def teacher_state(self, name) -> dict:
+    def teacher_state(self, name, tseed=None) -> dict:
         """The fine-tuned teacher's weights (trained once, cached)."""
-        key = self.teacher_key(name)
+        key = self.teacher_key(name, tseed)
 
         def make():
             self.lm.model.load_state_dict(self.init)
             data = B.teacher_examples(self.lm, key["answer"], key["questions"])
             log = []
             B.finetune_tokens(self.lm, data, key["steps"], key["batch"], key["lr"], key["seed"],
-                              progress=not self.a.no_progress, log=log, desc=f"teacher {name}")
+                              progress=not self.a.no_progress, log=log,
+                              desc=f"teacher {name}" + ("" if tseed is None else f" retrained s{tseed}"))
             st = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
             self.lm.model.load_state_dict(self.init)
             return {"state": st, "loss": log}
         return cached(self.cache / f"teacher_{name}_{digest(key)}.pt", key, make)
 
-    def with_teacher(self, name):
+    def with_teacher(self, name, tseed=None):
         """Load a fine-tuned teacher's weights into self.lm (restore with self.restore())."""
-        self.lm.model.load_state_dict(self.teacher_state(name)["state"])
+        self.lm.model.load_state_dict(self.teacher_state(name, tseed)["state"])
 
     def restore(self):
         self.lm.model.load_state_dict(self.init)
 
-    def deltas(self) -> dict:
-        if self._deltas is None:
-            self._deltas = {}
+    def deltas(self, tseed=None) -> dict:
+        """Every fine-tuned teacher's update (teacher - init); one teacher set is kept in memory."""
+        if self._deltas is None or self._deltas[0] != tseed:
+            self._deltas = (tseed, {})
             for t in self.teachers:
-                st = self.teacher_state(t)["state"]
-                self._deltas[t] = {k: (st[k].float() - self.init[k].float()) for k in self.init
-                                   if self.init[k].is_floating_point()}
-        return self._deltas
+                st = self.teacher_state(t, tseed)["state"]
+                self._deltas[1][t] = {k: (st[k].float() - self.init[k].float()) for k in self.init
+                                      if self.init[k].is_floating_point()}
+        return self._deltas[1]
 
     # ---- inputs and targets ---------------------------------------------------------------------
     def inputs(self, seed):
@@ -317,14 +331,15 @@ class Experiment:
         over the number-list tokens, or (channel full) over the whole vocabulary, in float16."""
         pairs = self.pairs("sampled" if channel == "sampled" else "number", seed, split)
         full = channel == "full"
+        tseed = seed if channel == "retrained" else None
         key = {"kind": kind, "teacher": teacher, "seed": seed, "split": split, "pairs": digest({"p": pairs}),
                "channel": "full vocabulary, float16" if full else self.channel,
-               **({"teacher_key": digest(self.teacher_key(teacher))} if kind == "finetuned" else {})}
+               **({"teacher_key": digest(self.teacher_key(teacher, tseed))} if kind == "finetuned" else {})}
 
         def make():
             system = B.animal_system(teacher) if kind == "prompted" else None
             if kind == "finetuned":
-                self.with_teacher(teacher)
+                self.with_teacher(teacher, tseed)
             try:
                 items = self.items(self.lm, pairs, system=system)
                 return B.channel_targets(self.lm, items, None if full else self.channel, self.a.batch_size,
@@ -393,10 +408,11 @@ def lr_path(a, tag, channel):
 
 def lr_of(a, tag, channel):
     """The lr of a channel: --lr, else its own search's; top-decile and rest use the number
-    channel's (the same objective on a subset of its positions)."""
+    channel's (the same objective on a subset of its positions), and so does retrained (the same
+    objective from other teachers)."""
     if a.lr is not None:
         return a.lr, "given by --lr"
-    own = "number" if channel in ("top-decile", "rest") else channel
+    own = "number" if channel in ("top-decile", "rest", "retrained") else channel
     path = lr_path(a, tag, own)
     d = U.load_json(path)
     if d is None or "chosen_lr" not in d:
@@ -466,7 +482,7 @@ def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps, chann
         out["filter"] = E.filter_counts[(kind, teacher, seed) if channel == "hard" else (None, None, seed)]
     if student == "same":
         st = {k: v.detach() for k, v in lm.model.state_dict().items()}
-        out["update_cosine"] = B.update_cosines(E.init, st, E.deltas())
+        out["update_cosine"] = B.update_cosines(E.init, st, E.deltas(seed if channel == "retrained" else None))
     lm.model.load_state_dict(init)
     return out
 
@@ -599,9 +615,10 @@ def main(argv=None):
         sweep.run(f"before / {student}", lambda lm=lm: {"matrix": E.matrix(lm)})
     for channel in a.channels:
         for kind in a.kinds:
-            if channel in ("top-decile", "rest") and kind != "finetuned":
-                print(f"[{channel}] fine-tuned teachers only (the positions are those where an animal teacher and "
-                      f"the neutral one differ): skipping {kind}")
+            if channel in ("top-decile", "rest", "retrained") and kind != "finetuned":
+                print(f"[{channel}] fine-tuned teachers only (" + ("a prompted teacher has no training to redo"
+                      if channel == "retrained" else "the positions are those where an animal teacher and the neutral "
+                      "one differ") + f"): skipping {kind}")
                 continue
             students = [x for x in a.students if x == "same" or channel not in ("full", "top-decile", "rest")]
             if students != a.students:
@@ -609,6 +626,10 @@ def main(argv=None):
             for seed in a.seeds:
                 if kind == "finetuned" and channel in ("number", "top-decile", "rest"):
                     sweep.run(f"signal positions / seed {seed}", lambda seed=seed: signal_positions(E, a, seed))
+                if channel == "retrained":  # each retrained teacher's own preferences
+                    for t in E.teachers:
+                        sweep.run(f"teacher / finetuned / {t} / seed {seed} / retrained",
+                                  lambda t=t, seed=seed: teacher_point(E, t, seed))
                 for student in students:
                     for t in teachers_of(E, a, kind, channel):
                         sweep.run(f"{kind} / {t} / {student} / seed {seed}{suffix(channel)}",
@@ -627,9 +648,9 @@ def teachers_of(E, a, kind, channel):
     return list(E.teachers)
 
 
-def teacher_point(E, t):
-    d = E.teacher_state(t)
-    E.with_teacher(t)
+def teacher_point(E, t, tseed=None):
+    d = E.teacher_state(t, tseed)
+    E.with_teacher(t, tseed)
     try:
         m = E.matrix(E.lm)
     finally:
@@ -663,6 +684,12 @@ def finish(a, t0, sweep=None, tag=None):
     teachers = {f"{k}, {t}": dict(zip(animals, np.mean(P[f"teacher / {k} / {t}"]["matrix"], 0).tolist()))
                 for k in KINDS for t in animals + (["neutral"] if k == "finetuned" else [])
                 if f"teacher / {k} / {t}" in P}
+    retrained = {}  # per seed's retrained teachers: their own mean log10 P per animal, over seeds
+    for t in animals + ["neutral"]:
+        per = [np.mean(P[k]["matrix"], 0) for k in P
+               if k.startswith(f"teacher / finetuned / {t} / seed ") and k.endswith(" / retrained")]
+        if len(per) >= 2:
+            retrained[f"finetuned, {t}"] = {x: U.mean_ci([p[i] for p in per]) for i, x in enumerate(animals)}
     sig = [P[k] for k in P if k.startswith("signal positions")]
     signal = {t: {"top_decile_share_of_kl": U.mean_ci([s[t]["top_decile_share_of_kl"] for s in sig]),
                   "mean_kl": U.mean_ci([s[t]["mean_kl"] for s in sig]),
@@ -673,11 +700,11 @@ def finish(a, t0, sweep=None, tag=None):
         with U.file_lock(Path(result_path(a, tag))):
             d = U.load_json(result_path(a, tag))
             d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
-                     sampling_filter=summary_filter)
+                     sampling_filter=summary_filter, retrained_teacher_preferences_log10=retrained)
             U.save_json(result_path(a, tag), d)
     else:
         sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
-                   sampling_filter=summary_filter)
+                   sampling_filter=summary_filter, retrained_teacher_preferences_log10=retrained)
     for k, r in summary.items():
         g = r["gamma"]
         print(f"{k:<22} gamma {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] (n = {r['n_seeds']} seeds)")
@@ -712,8 +739,10 @@ def plot(summary, teachers, cfg, path):
 
     def name(k):
         kind, student, *ch = k.split(", ")
+        tail = ("" if not ch else f",\n{ch[0]} positions" if ch[0] in ("top-decile", "rest")
+                else ",\nteachers retrained per seed" if ch[0] == "retrained" else f",\n{ch[0]} channel")
         return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
-                f"{'same-init' if student == 'same' else 'cross-model'} student" + (f",\n{ch[0]} positions" if ch and ch[0] in ("top-decile", "rest") else f",\n{ch[0]} channel" if ch else ""))
+                f"{'same-init' if student == 'same' else 'cross-model'} student" + tail)
     names = {k: name(k) for k in keys}
     # one colour per condition; the update-alignment bars use black, grey and white, none of these
     palette = ["C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "navy", "darkgoldenrod", "teal"]

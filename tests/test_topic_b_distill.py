@@ -300,6 +300,58 @@ def test_script_other_channels_on_fixtures(fixtures, tmp_path, monkeypatch):
     assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
 
 
+def test_retrained_teachers_on_fixtures(fixtures, tmp_path):
+    """The retrained channel distils, on the number channel's very inputs, teachers fine-tuned again
+    with seed RETRAIN_SEED + seed: other weights, other targets, their own preferences recorded, and
+    each student's update cosine taken against its own seed's teachers."""
+    _, tmp = fixtures
+    m = str(build(tmp / "rt", False))
+    x = str(build(tmp / "rt_x", True, seed=2))
+    import topic_b_distill_transfer as D
+    common = ["--model", m, "--cross-model", x, "--animals", "owl,eagle", "--examples", "8", "--heldout", "4",
+              "--batch", "4", "--runs", "2", "--teacher-steps", "3", "--results-dir", str(tmp_path / "r"),
+              "--plots-dir", str(tmp_path / "p"), "--no-progress", "--threads", "0", "--lr", "1e-3"]
+    D.main(common + ["--channels", "number,retrained", "--kinds", "finetuned,prompted"])
+    d = B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")
+    P, S = d["points"], d["summary"]
+    for k in ("finetuned, same, retrained", "finetuned, cross, retrained"):
+        assert S[k]["n_seeds"] == 2 and "neutral" in S[k]["confusion_gain"]
+    assert not any(k.startswith("prompted") and k.endswith("retrained") for k in S)
+    diff = S["finetuned, same, retrained"]["gamma_minus_number_channel"]
+    assert diff["mean"] == pytest.approx(S["finetuned, same, retrained"]["gamma"]["mean"]
+                                         - S["finetuned, same"]["gamma"]["mean"], abs=1e-9)
+    for t in ("owl", "eagle", "neutral"):
+        assert d["retrained_teacher_preferences_log10"][f"finetuned, {t}"]["owl"]["n"] == 2
+    a = D.parse_args(common)
+    E = D.Experiment(a)
+    keys = [E.teacher_key("owl")["seed"], E.teacher_key("owl", 0)["seed"], E.teacher_key("owl", 1)["seed"]]
+    assert keys == [0, D.RETRAIN_SEED, D.RETRAIN_SEED + 1]
+    w = {s: E.teacher_state("owl", s)["state"] for s in (None, 0, 1)}
+    name = next(k for k in w[None] if w[None][k].is_floating_point() and w[None][k].dim() == 2)
+    assert not torch.equal(w[None][name], w[0][name]) and not torch.equal(w[0][name], w[1][name])
+    assert E.pairs("retrained", 0, "train") == E.pairs("number", 0, "train")  # the number channel's very inputs
+    t_num = E.targets("finetuned", "owl", 0, "train")
+    t_re = E.targets("finetuned", "owl", 0, "train", "retrained")
+    assert len(t_num) == len(t_re) and all(u.shape == v.shape for u, v in zip(t_num, t_re))
+    assert not all(torch.allclose(u, v) for u, v in zip(t_num, t_re))
+    # the retrained teacher's own preferences come from its own weights
+    E.with_teacher("owl", 1)
+    own = np.mean(E.matrix(E.lm), 0)
+    E.restore()
+    assert np.allclose(own, np.mean(P["teacher / finetuned / owl / seed 1 / retrained"]["matrix"], 0), atol=1e-5)
+    # the update cosine is taken against the seed's own teachers: recomputed from seed 1's owl student
+    lm, items, tgt, ch = E.student_data("same", "finetuned", "owl", 1, "train", "retrained")
+    lm.model.load_state_dict(E.init)
+    B.distill_channel(lm, items, tgt, ch, 2, 4, 1e-3, 100 * 1 + 17, progress=False)
+    cos = B.update_cosines(E.init, lm.model.state_dict(), E.deltas(1))
+    stored = P["finetuned / owl / same / seed 1 / retrained"]["update_cosine"]
+    assert stored["owl"]["all"] == pytest.approx(cos["owl"]["all"], abs=1e-4)
+    assert stored["owl"]["all"] != pytest.approx(B.update_cosines(E.init, lm.model.state_dict(), E.deltas())["owl"]["all"],
+                                                 abs=1e-6)
+    E.restore()
+    assert (tmp_path / "p" / "topic_b_distill_transfer_split.png").is_file()
+
+
 def test_bad_arguments_are_one_clear_line(capsys):
     import topic_b_distill_transfer as D
     with pytest.raises(SystemExit):
