@@ -68,7 +68,7 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
     python topic_b_distill_transfer.py --students cross --channels hard --seeds 0,1,2  # the same cached lists, ~3.2 min a student
     python topic_b_distill_transfer.py --search-lr --channels sampled    # ~25 min (the init passes the filter far less often than the teachers)
     python topic_b_distill_transfer.py --students same --channels sampled --seeds 0,1,2  # ~3.5 min a student + ~30 min a
-                                     # seed to sample the init's lists (6.5% pass the filter; ~4 min per round of 224)
+                                     # seed to sample the init's lists (about 6% pass the filter; ~4 min per round of 224)
     python topic_b_distill_transfer.py --students same --channels retrained  # ~4 min a student + ~2 min a teacher and seed
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
@@ -460,6 +460,9 @@ def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps, chann
     lm, items, tgt, ch = E.student_data(student, kind, teacher, seed, "train", channel)
     _, h_items, h_tgt, _ = E.student_data(student, kind, teacher, seed, "heldout", channel)
     init = E.init if student == "same" else E._cross_init
+    # the teachers' updates first: a teacher missing from the cache is trained in E.lm, which would
+    # otherwise overwrite the trained student's weights before its update cosine is taken
+    deltas = E.deltas(seed if channel == "retrained" else None) if student == "same" else None
     lm.model.load_state_dict(init)
     at = sorted({max(1, int(round(steps * (i + 1) / a.checkpoints))) for i in range(a.checkpoints)})
     along = {}
@@ -482,7 +485,7 @@ def run_student(E: Experiment, a, kind, teacher, student, seed, lr, steps, chann
         out["filter"] = E.filter_counts[(kind, teacher, seed) if channel == "hard" else (None, None, seed)]
     if student == "same":
         st = {k: v.detach() for k, v in lm.model.state_dict().items()}
-        out["update_cosine"] = B.update_cosines(E.init, st, E.deltas(seed if channel == "retrained" else None))
+        out["update_cosine"] = B.update_cosines(E.init, st, deltas)
     lm.model.load_state_dict(init)
     return out
 

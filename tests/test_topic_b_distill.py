@@ -223,6 +223,18 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     before = P["finetuned / owl / same / seed 0"]
     D.main(common + ["--kinds", "finetuned,prompted"])
     assert B.load_json(tmp_path / "r" / "topic_b_distill_transfer_split.json")["points"]["finetuned / owl / same / seed 0"] == before
+    # resuming on a fresh checkout (points on disk, teacher cache gone): the student's update cosine
+    # is taken against the retrained teachers, not against weights they overwrote
+    for f in (tmp_path / "r" / "cache" / "distill_split").glob("teacher_*.pt"):
+        f.unlink()
+    res = tmp_path / "r" / "topic_b_distill_transfer_split.json"
+    d = B.load_json(res)
+    del d["points"]["finetuned / owl / same / seed 0"]
+    B.save_json(res, d)
+    D.main(common + ["--kinds", "finetuned"])
+    again = B.load_json(res)["points"]["finetuned / owl / same / seed 0"]["update_cosine"]
+    for t in ("owl", "eagle", "neutral"):
+        assert math.isfinite(again[t]["all"]) and again[t]["all"] == pytest.approx(before["update_cosine"][t]["all"], abs=1e-4)
 
 
 def test_position_loss_is_kl_for_soft_targets_and_cross_entropy_for_hard_ones():
