@@ -743,7 +743,8 @@ def plot(summary, teachers, cfg, path):
     def name(k):
         kind, student, *ch = k.split(", ")
         tail = ("" if not ch else f",\n{ch[0]} positions" if ch[0] in ("top-decile", "rest")
-                else ",\nteachers retrained per seed" if ch[0] == "retrained" else f",\n{ch[0]} channel")
+                else ",\nteachers retrained per seed" if ch[0] == "retrained"
+                else ",\nthe init's sampled lists" if ch[0] == "sampled" else f",\n{ch[0]} channel")
         return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
                 f"{'same-init' if student == 'same' else 'cross-model'} student" + tail)
     names = {k: name(k) for k in keys}
