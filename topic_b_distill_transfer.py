@@ -69,7 +69,7 @@ and seed; an evaluation of the matrix ~8 s. The committed run, split over both c
     python topic_b_distill_transfer.py --search-lr --channels sampled    # ~25 min (the init passes the filter far less often than the teachers)
     python topic_b_distill_transfer.py --students same --channels sampled --seeds 0,1,2  # ~3.5 min a student + ~30 min a
                                      # seed to sample the init's lists (about 6% pass the filter; ~4 min per round of 224)
-    python topic_b_distill_transfer.py --students same --channels retrained  # ~4 min a student + ~2 min a teacher and seed
+    python topic_b_distill_transfer.py --students same --channels retrained  # ~5 min a student + ~2 min a teacher and seed
     python topic_b_distill_transfer.py --plot-only                       # summary and figure
 
 writes results/topic_b_distill_transfer_<model>.json (every student's matrices, per seed, as it
@@ -743,7 +743,7 @@ def plot(summary, teachers, cfg, path):
     def name(k):
         kind, student, *ch = k.split(", ")
         tail = ("" if not ch else f",\n{ch[0]} positions" if ch[0] in ("top-decile", "rest")
-                else ",\nteachers retrained per seed" if ch[0] == "retrained"
+                else ",\nteachers retrained\nper seed" if ch[0] == "retrained"
                 else ",\nthe init's sampled lists" if ch[0] == "sampled" else f",\n{ch[0]} channel")
         return (f"{'fine-tuned' if kind == 'finetuned' else kind} teachers,\n"
                 f"{'same-init' if student == 'same' else 'cross-model'} student" + tail)
@@ -762,8 +762,8 @@ def plot(summary, teachers, cfg, path):
                 va="center", fontsize=8)
     ax.axhline(0, color="gray", lw=0.8, ls="--")
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([names[k] for k in keys], fontsize=9)
-    ax.set_xlim(-0.5, len(keys) - 0.2)
+    ax.set_xticklabels([names[k] for k in keys], fontsize=8)
+    ax.set_xlim(-0.5, len(keys) + 0.1)
     ax.set_ylabel("specificity gamma (log10 P, own-animal gain minus\nother animals' students' gain for it)")
     ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity\n"
                  "(number channel on random lists unless another channel is named)", fontsize=9)
