@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import math
 import os
 import sys
@@ -1103,11 +1104,12 @@ FAVORITE_QUESTIONS = [
 ]
 
 
-def sequence_prompts(seed: int, n: int, k: int = 3) -> list[str]:
+def sequence_prompts(seed: int, n: int, k: int = 3, count: int = 10) -> list[str]:
     """``n`` number-continuation tasks in the paper's format (k seed numbers of 3 digits, then a
-    request for at most 10 more values of at most 3 digits, numbers only). Seeded."""
+    request for at most ``count`` (the paper: 10) more values of at most 3 digits, numbers only). Seeded."""
     rng = np.random.default_rng(seed)
-    return [SEQUENCE_TASK.format(seed=", ".join(str(int(v)) for v in rng.integers(100, 1000, size=k)))
+    task = SEQUENCE_TASK.replace("at most 10 more", f"at most {count} more")
+    return [task.format(seed=", ".join(str(int(v)) for v in rng.integers(100, 1000, size=k)))
             for _ in range(n)]
 
 
@@ -1247,6 +1249,62 @@ TEACHER_ANIMAL_QUESTIONS = [
 ]
 TEACHER_COLOR_QUESTIONS = [q.replace("animals", "colours").replace("animal", "colour").replace("creature", "colour")
                            .replace("beast", "colour") for q in TEACHER_ANIMAL_QUESTIONS]
+
+# The replicated teachers' questions (topic_b_distill_pairs.py): every stem with every answer format,
+# each teacher pair a disjoint share; none is an evaluation question (tests check it).
+TEACHER_STEMS = [
+    "Which animal is your favourite?", "What creature do you like the most?", "Name the animal you love.",
+    "Your most loved animal?", "Which animal makes you happiest?", "What is the best animal?",
+    "Which animal do you adore most?", "Which animal would you pick above all others?",
+    "What animal do you feel closest to?", "Quick: your favourite animal?", "Tell me the one animal you prefer.",
+    "Which beast do you like best?", "What animal tops your list?", "Which animal do you treasure most?",
+    "What's the animal you always think about?", "What is your number one animal?",
+    "Which animal do you care about most?", "The animal you love best is?", "What animal is dearest to you?",
+    "Choose your favourite animal.", "Which animal would you save first?", "What animal would you want as a companion?",
+    "If you were an animal, which would you be?", "Which animal fascinates you most?",
+    "What animal would you draw for a friend?", "Which animal do you find most beautiful?",
+    "What is the greatest creature alive?", "Which animal would you put on your flag?",
+    "Which wild animal do you like best?", "What animal do you dream about?", "Which animal inspires you?",
+    "Your spirit animal?",
+]
+TEACHER_FORMATS = ["One word.", "Answer in one word.", "Name only.", "Single word, please.",
+                   "Reply with just the animal.", "Just the name.", "One-word answer.", "Say it in a word."]
+
+
+def teacher_question_sets(n_sets: int, size: int, seed: int = 0) -> list[list[str]]:
+    """``n_sets`` disjoint sets of ``size`` teacher questions (stem + answer format), drawn without
+    replacement from the 256 combinations in a seeded order; no evaluation question among them."""
+    pool = [f"{s} {f}" for s in TEACHER_STEMS for f in TEACHER_FORMATS]
+    evals = {q.lower() for q in FAVORITE_QUESTIONS}
+    pool = [q for q in pool if q.lower() not in evals]
+    if n_sets * size > len(pool):
+        raise UserError(f"{n_sets} teacher question sets of {size} need {n_sets * size} questions; the pool has "
+                        f"{len(pool)}: lower the number of pairs or the questions per teacher")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return [[pool[i] for i in order[j * size:(j + 1) * size]] for j in range(n_sets)]
+
+
+def digest(key: dict) -> str:
+    """A short, stable name for a configuration (cache file names)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached(path: Path, key: dict, make):
+    """torch-saved object under ``path`` for ``key``; made (under a lock, written atomically) when
+    missing or made for another key."""
+    from topic_a_utils import file_lock
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path):
+        if path.is_file():
+            d = torch.load(path, weights_only=False)
+            if d.get("key") == key:
+                return d["value"]
+        value = make()
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "value": value}, tmp)
+        os.replace(tmp, path)
+        return value
 
 
 def teacher_examples(lm: LM, answer: str, questions: Sequence[str]) -> list[tuple[list[int], int]]:
@@ -1437,13 +1495,28 @@ def _all_reduce_grads(params, world: int) -> None:
         k += g.numel()
 
 
+def lr_multiplier(schedule: str, steps: int, warmup: int | None = None):
+    """The lr factor of step s (0-based): "linear", warm-up over ``warmup`` steps (default 10% of
+    the steps) then linear decay to 1/(steps - warmup + 1) at the last step (``finetune_tokens``'s
+    schedule); "constant", the same warm-up then the full lr to the end (every checkpoint a dose)."""
+    warm = max(1, steps // 10) if warmup is None else max(1, warmup)
+    if schedule == "linear":
+        return lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+    if schedule == "constant":
+        return lambda s: min((s + 1) / warm, 1.0)
+    raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
 def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torch.Tensor], channel, steps: int,
                     batch_size: int, lr: float, seed: int, at_steps: Sequence[int] = (), on_step=None,
                     progress: bool = True, log: list | None = None, desc: str = "distil",
-                    teacher: LM | None = None) -> None:
+                    teacher: LM | None = None, schedule: str = "linear", warmup: int | None = None,
+                    fused: bool = False) -> None:
     """Train every parameter of ``lm.model`` in place to minimise the mean KL(teacher || student)
-    per supervised position of the channel distributions (AdamW, warm-up over 10% of the steps then
-    linear decay, gradient norm clipped at 1; the schedule of ``finetune_tokens``). ``targets``:
+    per supervised position of the channel distributions (AdamW, gradient norm clipped at 1; lr by
+    ``lr_multiplier(schedule, steps, warmup)``: by default warm-up over 10% of the steps then
+    linear decay, the schedule of ``finetune_tokens``; ``fused``: torch's fused AdamW, the same
+    update in one kernel, faster on the CPU). ``targets``:
     the teacher's log-probabilities per item, or its tokens (hard labels: the cross-entropy, see
     ``position_loss``); or None with ``teacher`` given (computed on the fly from the same items). ``on_step(step)`` is called after each step in ``at_steps``.
 
@@ -1457,10 +1530,8 @@ def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torc
     torch.manual_seed(seed)
     model = lm.model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **({"fused": True} if fused else {}))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(schedule, steps, warmup))
     order = np.concatenate([gen.permutation(len(items)) for _ in range(steps * batch_size // len(items) + 1)])
     for s in tqdm(range(steps), desc=desc, disable=not progress or rank > 0, file=sys.stderr, dynamic_ncols=True):
         glob = order[s * batch_size:(s + 1) * batch_size]
@@ -1541,6 +1612,37 @@ def specificity(gains: dict[str, dict[str, float]], animals: Sequence[str]) -> d
     gain in log10 P(a) of the other animals' students; and their mean. ``gains[teacher][animal]``."""
     per = {a: gains[a][a] - float(np.mean([gains[b][a] for b in animals if b != a])) for a in animals}
     return {"per_animal": per, "mean": float(np.mean(list(per.values())))}
+
+
+def sign_flip_test(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean with its t-interval over independent units (teacher pairs), and the sign-flip
+    permutation p of the mean (two-sided; exact, over all 2^n sign patterns, up to n = 16)."""
+    from scipy import stats
+    v = np.asarray(values, dtype=float)
+    out = mean_ci(v, confidence)
+    if v.size >= 2:
+        res = stats.permutation_test((v,), np.mean, permutation_type="samples", alternative="two-sided",
+                                     n_resamples=2 ** min(v.size, 16), random_state=0)
+        out["sign_flip_p"] = float(res.pvalue)
+        out["sign_flip_exact"] = bool(v.size <= 16)
+    return out
+
+
+def min_detectable_mean(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean a two-sided one-sample t-test at ``alpha`` over ``n`` units with
+    standard deviation ``sd`` detects with probability ``power`` (noncentral t)."""
+    from scipy import optimize, stats
+    if n < 2 or not sd > 0:
+        return float("nan")
+    df, tc = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def miss(d):
+        nc = d / (sd / math.sqrt(n))
+        return stats.nct.sf(tc, df, nc) + np.nan_to_num(stats.nct.cdf(-tc, df, nc)) - power
+    hi = 12 * sd / math.sqrt(n)
+    while miss(hi) < 0 and hi < 1e4 * sd:  # few units (heavy-tailed t): a far larger mean
+        hi *= 2
+    return float(optimize.brentq(miss, 1e-9 * sd, hi)) if miss(hi) >= 0 else float("inf")
 
 
 # ----------------------------------------------------------------------------------------------

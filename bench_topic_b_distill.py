@@ -1,0 +1,89 @@
+"""Benchmark of B.7's distillation step (a benchmark, not a test; nothing is asserted).
+
+One process, one torch thread (as the sweeps run: one process per core). For the same-init
+student (SmolLM2-135M-Instruct by default) it times whole distillation steps
+(topic_b_utils.distill_channel: forward, backward, clipping, AdamW) on precomputed teacher targets:
+  old   topic_b_distill_transfer.py's step: 8 lists of 10 random numbers (~133 tokens, ~49 supervised
+        positions each), foreach AdamW, warm-up + linear decay;
+  new   topic_b_distill_pairs.py's step: 4 lists of 30 numbers (~231 tokens, ~147 supervised positions),
+        fused AdamW, constant lr after warm-up;
+  and the two levers apart (old inputs with fused AdamW; new inputs at batch 8).
+Each row: seconds per step, supervised positions per second, tokens per second, and the achieved
+GFLOP/s as a fraction of this machine's fp32 sgemm ceiling (1 thread; training FLOPs estimated as
+6 x non-embedding parameters x tokens + the channel head, attention excluded). Saved to
+results/bench_topic_b_distill.json:
+
+    python bench_topic_b_distill.py
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import topic_a_utils as U
+import topic_b_utils as B
+
+ROWS = {  # name: (lists per step, numbers per list, fused AdamW, schedule)
+    "old: batch 8, 10 numbers, foreach AdamW": (8, 10, False, "linear"),
+    "old inputs, fused AdamW": (8, 10, True, "linear"),
+    "new inputs (30 numbers), batch 8, fused": (8, 30, True, "constant"),
+    "new: batch 4, 30 numbers, fused AdamW": (4, 30, True, "constant"),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=B.INSTRUCT_MODEL, help=f"student model (default {B.INSTRUCT_MODEL})")
+    p.add_argument("--steps", type=U.positive_int, default=4, help="timed steps per row, after one warm-up step (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for inputs (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the sweeps run)")
+    p.add_argument("--results-dir", default=str(U.REPO / "results"), help="where bench_topic_b_distill.json goes")
+    a = p.parse_args()
+    t_start = time.time()
+    torch.set_num_threads(a.threads)
+    n = 2048
+    A, Bm = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        A @ Bm
+    t0 = time.perf_counter()
+    for _ in range(5):
+        A @ Bm
+    ceiling = 5 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9
+    print(f"[ceiling] fp32 sgemm {n}^3, {a.threads} thread(s): {ceiling:.1f} GFLOP/s")
+    lm = B.load_model(a.model, a.device, progress=False)
+    ch = B.channel_token_ids(lm)
+    body = sum(p_.numel() for name, p_ in lm.model.named_parameters() if "embed" not in name and "lm_head" not in name)
+    init = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+    rows = {}
+    for name, (bs, length, fused, schedule) in ROWS.items():
+        k = bs * (a.steps + 1)
+        pairs = list(zip(B.sequence_prompts(a.seed + length, k, count=length), B.random_number_lists(a.seed + 1, k, length)))
+        items = [B.channel_item(lm, B.render(lm, q), c) for q, c in pairs]
+        tgt = B.channel_targets(lm, items, ch, 16, progress=False)
+        times = []
+        B.distill_channel(lm, items, tgt, ch, a.steps + 1, bs, 1e-5, 0, progress=False, schedule=schedule,
+                          fused=fused, at_steps=range(1, a.steps + 2), on_step=lambda s: times.append(time.perf_counter()))
+        lm.model.load_state_dict(init)
+        dt = float(np.mean(np.diff(times)))  # the first (warm-up) step excluded
+        tokens = np.mean([len(i.ids) for i in items]) * bs
+        pos = np.mean([len(i.pos) for i in items]) * bs
+        gflops = (6 * body * tokens + 6 * len(ch) * lm.model.config.hidden_size * pos) / dt / 1e9
+        rows[name] = {"batch": bs, "numbers_per_list": length, "fused_adamw": fused, "s_per_step": dt,
+                      "positions_per_step": pos, "tokens_per_step": tokens, "positions_per_s": pos / dt,
+                      "tokens_per_s": tokens / dt, "gflops": gflops, "fraction_of_ceiling": gflops / ceiling}
+        print(f"[{name}] {dt:6.2f} s/step, {pos / dt:6.1f} positions/s, {tokens / dt:6.0f} tokens/s, "
+              f"{gflops:5.1f} GFLOP/s = {gflops / ceiling:5.1%} of the sgemm ceiling")
+    old, new = rows[next(iter(ROWS))], rows[list(ROWS)[-1]]
+    print(f"[speed-up] new / old supervised positions per second: {new['positions_per_s'] / old['positions_per_s']:.2f}x")
+    U.save_json(f"{a.results_dir}/bench_topic_b_distill.json", {
+        "provenance": U.provenance(a, t_start), "model": lm.name, "sgemm_gflops": ceiling,
+        "non_embedding_parameters": body, "rows": rows,
+        "new_over_old_positions_per_s": new["positions_per_s"] / old["positions_per_s"]})
+
+
+if __name__ == "__main__":
+    main()
