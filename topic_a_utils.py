@@ -1096,8 +1096,9 @@ def config_key(cfg: dict) -> str:
 
 def _reason(e: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message."""
-    msg = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {msg[:160]}" if msg else type(e).__name__
+    msg = (str(e).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    msg = msg if len(msg) <= 160 else msg[:157] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def load_cache(path: str | Path, expect=None, field: str = "config", check: Callable[[dict], object] | None = None,
@@ -1372,6 +1373,9 @@ def atomic_write(path: str | Path, write: Callable) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
