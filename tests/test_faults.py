@@ -7,7 +7,6 @@ topic_a.py, a truncated results/topic_a_wide_channel.json) go through the real s
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
