@@ -10,8 +10,10 @@ Everything a Topic A script needs lives here, once:
   (generated per batch from a counter-based seed, never materialised for all runs at once).
 * Training: teacher cross-entropy on the class logits only; distillation (KL or MSE) over a chosen
   subset of logits into several student ensembles that share one teacher forward pass per batch.
-* Teacher caching under ``results/cache``.
-* Statistics (t-based 95% CIs), atomic JSON results with provenance, plotting helpers.
+* Teacher caching under ``results/cache``; ``load_cache`` / ``save_cache`` for every cache (a corrupt
+  entry is reported in one line and rebuilt).
+* Statistics (t-based 95% CIs), atomic JSON results with provenance (a corrupt one stops the script
+  with one line), plotting helpers.
 """
 from __future__ import annotations
 
@@ -1092,31 +1094,88 @@ def config_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _reason(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    msg = (str(e).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    msg = msg if len(msg) <= 160 else msg[:157] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def load_cache(path: str | Path, expect=None, field: str = "config", check: Callable[[dict], object] | None = None,
+               weights_only: bool = True) -> dict | None:
+    """A cache entry written by ``save_cache`` (a torch file; JSON when the name ends in .json), or
+    None when there is none to trust. Every cache the project reads goes through here: an entry that
+    cannot be read (truncated, zero-filled, not a dict), whose ``field`` is not ``expect`` (it holds
+    another configuration than the one its name was made from) or that ``check(entry)`` rejects is
+    reported in one line on stderr ("cache <path> is corrupt (...); rebuilding") and None is
+    returned, so the caller rebuilds it and ``save_cache`` replaces it. A cache is derived data: it
+    is never trusted when in doubt."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".json":
+            d = json.loads(path.read_bytes())
+        else:
+            d = torch.load(path, map_location="cpu", weights_only=weights_only)
+        if not isinstance(d, dict):
+            raise ValueError(f"holds a {type(d).__name__}, not a dict")
+        if expect is not None and d.get(field) != expect:
+            raise ValueError(f"its {field!r} is not the configuration its name was made from")
+        if check is not None:
+            check(d)
+    except Exception as e:
+        print(f"cache {path} is corrupt ({_reason(e)}); rebuilding", file=sys.stderr)
+        return None
+    return d
+
+
+def save_cache(path: str | Path, obj: dict) -> None:
+    """Write a cache entry atomically (torch.save, or JSON for a .json name; see load_cache)."""
+    if Path(path).suffix == ".json":
+        save_json(path, obj)
+    else:
+        atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _check_teacher(state: dict, cfg: MLPConfig, n_runs: int) -> None:
+    """A cached teacher has the configuration's shapes and finite weights (else it is rebuilt)."""
+    t = state["teacher"]
+    if t["cfg"] != cfg.as_dict():
+        raise ValueError(f"its layers are {t['cfg']}, not {cfg.as_dict()}")
+    sizes = cfg.sizes
+    want = [(n_runs, o, i) for i, o in zip(sizes, sizes[1:])]
+    got = [tuple(w.shape) for w in t["weights"]]
+    if got != want or [tuple(b.shape) for b in t["biases"]] != [w[:2] for w in want]:
+        raise ValueError(f"weights of shape {got}, not {want}")
+    if not all(bool(torch.isfinite(x).all()) for x in [*t["weights"], *t["biases"]]):
+        raise ValueError("non-finite weights")
+
+
 def reference_and_teacher(cfg: MLPConfig, n_runs: int, seed: int, train: Dataset, tc: TrainConfig,
                           device, cache_dir: str | Path | None, data_desc: dict,
                           init_scale: float = 1.0, progress: bool = True,
                           freeze_class_head: bool = False) -> tuple[Ensemble, Ensemble, bool]:
     """The reference init (seeded) and the teacher trained from it, loaded from
-    ``cache_dir/teacher_<key>.pt`` when the same configuration was trained before.
+    ``cache_dir/teacher_<key>.pt`` when the same configuration was trained before (a corrupt entry
+    is reported in one line and retrained; two processes needing the same teacher train it once).
     Returns (reference, teacher, was_cached)."""
     ref = Ensemble.init(cfg, n_runs, generator(seed, "init"), device, init_scale)
     key_cfg = {"kind": "teacher", "mlp": cfg.as_dict(), "runs": n_runs, "seed": seed,
                "train": tc.as_dict(), "data": data_desc, "init_scale": init_scale, "version": 1}
     if freeze_class_head:  # only added when set, so earlier cache keys stay valid
         key_cfg["freeze_class_head"] = True
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"teacher_{config_key(key_cfg)}.pt"
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+    if cache_dir is None:
+        return ref, train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress,
+                                     freeze_class_head=freeze_class_head), False
+    path = Path(cache_dir) / f"teacher_{config_key(key_cfg)}.pt"
+    with file_lock(path):
+        state = load_cache(path, key_cfg, check=lambda d: _check_teacher(d, cfg, n_runs))
+        if state is not None:
             return ref, Ensemble.from_state(state["teacher"], device), True
-    teacher = train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress,
-                               freeze_class_head=freeze_class_head)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"config": key_cfg, "teacher": teacher.state()}, tmp)
-        os.replace(tmp, path)
+        teacher = train_classifier(ref, RealImages(train, seed, "teacher-order"), tc, progress,
+                                   freeze_class_head=freeze_class_head)
+        save_cache(path, {"config": key_cfg, "teacher": teacher.state()})
     return ref, teacher, False
 
 
@@ -1181,7 +1240,11 @@ class Sweep:
     its own core): every save merges, under a lock, the points other processes have written with
     the same key, and a point another process has already finished is reused, not recomputed. The
     last process to finish writes the complete summary; rerunning the command afterwards (all
-    points on disk, seconds) redraws summary and figure from everything."""
+    points on disk, seconds) redraws summary and figure from everything.
+
+    A process killed mid-point (even SIGKILL) loses only that point: every save is atomic, so the
+    file always holds every point finished before. A corrupt file stops the sweep with one line
+    (load_json) and is never overwritten."""
 
     def __init__(self, path: str | Path, config: dict, args: argparse.Namespace, t0: float):
         self.path, self.config, self.args, self.t0 = Path(path), config, args, t0
@@ -1191,7 +1254,11 @@ class Sweep:
 
     def _disk_points(self) -> dict:
         old = load_json(self.path)
-        return old["points"] if old and old.get("key") == self.key else {}
+        if not old or old.get("key") != self.key:
+            return {}
+        if not isinstance(old.get("points"), dict):
+            raise corrupt_results(self.path, "its sweep key matches but it has no 'points' object")
+        return old["points"]
 
     def _lock(self):
         return file_lock(self.path)
@@ -1294,18 +1361,30 @@ def git_commit() -> str:
         return "unknown"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, write: Callable) -> None:
+    """Write a file atomically: ``write(f)`` into a temporary file in the same folder, flushed to
+    disk, then renamed over ``path``; a process killed at any moment leaves the old file or the new
+    one, never a part (at worst a stray ``*.tmp``, which git ignores)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _jsonable(o):
@@ -1324,12 +1403,30 @@ def save_json(path: str | Path, obj: dict) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
 
 
+class CorruptResultsError(UserError):
+    pass
+
+
 def load_json(path: str | Path) -> dict | None:
+    """A results JSON (None when there is none). One that cannot be read or is not a JSON object
+    stops the script with one line naming it and the fix; it is left exactly as it is, since it may
+    hold hours of finished points (caches go through load_cache instead, which rebuilds)."""
     path = Path(path)
     if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        d = json.loads(path.read_bytes())
+        if not isinstance(d, dict):
+            raise ValueError(f"holds a JSON {type(d).__name__}, not an object")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise corrupt_results(path, _reason(e))
+    return d
+
+
+def corrupt_results(path: str | Path, why: str) -> CorruptResultsError:
+    return CorruptResultsError(
+        f"results file {path} is corrupt ({why}); it was left as it is: restore it with "
+        f"`git checkout -- {path}`, or move it aside (mv {path} {path}.bad) to start the sweep afresh")
 
 
 def load_finished(path: str | Path, key: str = "summary") -> dict:

@@ -182,18 +182,7 @@ def digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cached(path: Path, key: dict, make):
-    """torch-saved object under ``path`` for ``key``; made (under a lock) when missing or stale."""
-    with U.file_lock(path):
-        if path.is_file():
-            d = torch.load(path, weights_only=False)
-            if d.get("key") == key:
-                return d["value"]
-        value = make()
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"key": key, "value": value}, tmp)
-        os.replace(tmp, path)
-        return value
+cached = B.cached  # validated, locked, atomic: topic_b_utils.cached
 
 
 class Experiment:

@@ -93,10 +93,12 @@ def teacher_data(lm, system, prompts, a, cache_path, name):
     """Sampled completions of one teacher, filtered; cached on disk with its settings."""
     key = {"teacher": lm.name, "system": system, "n": len(prompts), "seed": a.seed, "prefill": not a.no_prefill,
            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature}
-    old = U.load_json(cache_path)
-    if old and old.get("key") == key:
+    old = B.load_cache(cache_path, check=lambda d: (d["key"], d["rows"]))  # a corrupt one: one line, resampled
+    if old and old["key"] == key:
         print(f"[data {name}] on disk, reused")
         return old
+    if old:
+        print(f"[data {name}] {cache_path} was sampled with other settings; resampling")
     t = time.time()
     texts = [B.render(lm, p, system, prefill(p, a)) for p in prompts]
     outs = B.sample_number_lists(lm, texts, a.max_new_tokens, a.seed, a.temperature, a.batch_size,
@@ -106,7 +108,7 @@ def teacher_data(lm, system, prompts, a, cache_path, name):
     d = {"key": key, "rows": rows, "accepted": len(acc), "n": len(rows),
          "rejection_rate": 1 - len(acc) / len(rows), "not_ended": sum(not r["ended"] for r in rows),
          "wall_s": round(time.time() - t, 1)}
-    U.save_json(cache_path, d)
+    B.save_cache(cache_path, d)
     print(f"[data {name}] {len(acc)}/{len(rows)} accepted ({time.time() - t:.0f}s)")
     return d
 

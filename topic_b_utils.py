@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from topic_a_utils import (UserError, _plt, default_device, git_commit, load_json, mean_ci,  # noqa: F401
-                           positive_int, run_main, save_fig, save_json)
+from topic_a_utils import (UserError, _plt, _reason, default_device, file_lock, git_commit, load_cache,  # noqa: F401
+                           load_json, mean_ci, positive_int, run_main, save_cache, save_fig, save_json)
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
@@ -170,44 +170,60 @@ def _hf():
     return AutoModelForCausalLM, AutoTokenizer
 
 
+def _dequantise(path: Path) -> tuple[object, object]:
+    """(model, tokenizer) read from a GGUF file, dequantised to fp32, as a plain (savable) model."""
+    AutoModelForCausalLM, AutoTokenizer = _hf()
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("loading .gguf files needs the gguf package: pip install -r requirements.txt")
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # the weights are already dequantised to fp32; drop the GGUF marker so it saves as a plain model
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
 def load_gguf(path: Path, dev, dtype, progress: bool = True) -> tuple[object, object, list[str]]:
     """Load a GGUF file; the dequantised model is saved once under model_cache_dir() (keyed by the
-    file's size and name) so later loads are a plain checkpoint load."""
+    file's size and name) so later loads are a plain checkpoint load. A cached checkpoint that does
+    not load (truncated, zero-filled, a file missing) is reported in one line and dequantised again."""
+    import shutil
     AutoModelForCausalLM, AutoTokenizer = _hf()
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
     cached = model_cache_dir() / f"{path.stem}-{key}"
     notes = []
-    if (cached / "config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-        notes.append(f"dequantised GGUF loaded from cache {cached}")
-    else:
-        t = time.time()
-        if progress:
-            print(f"dequantising {path.name} (first load only, about a minute on CPU) ...", file=sys.stderr)
+    if cached.exists():
         try:
-            import gguf  # noqa: F401
-        except ImportError:
-            raise UserError("loading .gguf files needs the gguf package: pip install -r requirements.txt")
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        # the weights are already dequantised to fp32; drop the GGUF marker so it saves as a plain model
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        import shutil
-        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")  # one per process: two may dequantise at once
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+            if not (cached / "config.json").is_file():
+                raise FileNotFoundError("no config.json")
+            tok = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+            notes.append(f"dequantised GGUF loaded from cache {cached}")
+            return model.to(dev, dtype), tok, notes
+        except Exception as e:
+            print(f"cache {cached} is corrupt ({_reason(e)}); rebuilding", file=sys.stderr)
+            with file_lock(cached):
+                shutil.rmtree(cached, ignore_errors=True)
+    t = time.time()
+    if progress:
+        print(f"dequantising {path.name} (first load only, about a minute on CPU) ...", file=sys.stderr)
+    model, tok = _dequantise(path)
+    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")  # one per process: two may dequantise at once
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    with file_lock(cached):
         if (cached / "config.json").is_file():  # another process finished first: keep its copy
             shutil.rmtree(tmp)
         else:
             if cached.exists():  # a partial copy
                 shutil.rmtree(cached)
             os.replace(tmp, cached)
-        notes.append(f"dequantised from GGUF in {time.time() - t:.0f}s, cached at {cached}")
+    notes.append(f"dequantised from GGUF in {time.time() - t:.0f}s, cached at {cached}")
     return model.to(dev, dtype), tok, notes
 
 
@@ -261,8 +277,11 @@ def load_model(name: str | None = None, device=None, dtype: torch.dtype | None =
         if not (d / "config.json").is_file():
             raise UserError(f"{CHAT_MODEL} not found in {d.parent}: make it with "
                             f"`python topic_b_make_chat_model.py` (about 15 min on CPU)")
-        tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(dev)
+        try:
+            tok = AutoTokenizer.from_pretrained(d)
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(dev)
+        except Exception as e:
+            raise UserError(f"{d} is corrupt ({_reason(e)}): remake it with `python topic_b_make_chat_model.py`")
         lm = LM(model, tok, f"{CHAT_MODEL} (gemma-3-270m base chat-tuned by topic_b_make_chat_model.py)", dev, dtype,
                 "dir", [f"loaded from {d}"])
     elif name.endswith(".gguf"):
@@ -1304,6 +1323,20 @@ def cached(path: Path, key: dict, make):
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"key": key, "value": value}, tmp)
         os.replace(tmp, path)
+        return value
+
+
+def cached(path: Path, key: dict, make):
+    """The object ``make()`` returns, torch-saved under ``path`` with ``key`` (B.7's teacher
+    weights, targets and sampled lists). Made under a lock, so processes sharing a sweep make it
+    once; written atomically; an entry that is truncated, zero-filled or holds another key is
+    reported in one line and made again (topic_a_utils.load_cache)."""
+    with file_lock(path):
+        d = load_cache(path, key, field="key", check=lambda d: d["value"], weights_only=False)
+        if d is not None:
+            return d["value"]
+        value = make()
+        save_cache(path, {"key": key, "value": value})
         return value
 
 
