@@ -77,7 +77,6 @@ finishes; rerunning resumes) and plots/topic_b_distill_transfer_<model>.png.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -178,10 +177,7 @@ def parse_args(argv=None):
     return a
 
 
-def digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
+digest = B.digest
 cached = B.cached  # validated, locked, atomic: topic_b_utils.cached
 
 

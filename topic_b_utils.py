@@ -1309,24 +1309,6 @@ def digest(key: dict) -> str:
 
 
 def cached(path: Path, key: dict, make):
-    """torch-saved object under ``path`` for ``key``; made (under a lock, written atomically) when
-    missing or made for another key."""
-    from topic_a_utils import file_lock
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path):
-        if path.is_file():
-            d = torch.load(path, weights_only=False)
-            if d.get("key") == key:
-                return d["value"]
-        value = make()
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"key": key, "value": value}, tmp)
-        os.replace(tmp, path)
-        return value
-
-
-def cached(path: Path, key: dict, make):
     """The object ``make()`` returns, torch-saved under ``path`` with ``key`` (B.7's teacher
     weights, targets and sampled lists). Made under a lock, so processes sharing a sweep make it
     once; written atomically; an entry that is truncated, zero-filled or holds another key is
