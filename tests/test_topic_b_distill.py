@@ -147,12 +147,13 @@ def test_teacher_label_permutation_on_toy_tables():
     flat = [{t: dict(g["owl"]) for t in ANIMALS3} for g in flat]
     r = B.teacher_label_permutation(flat, ANIMALS3)
     assert r["p"] == pytest.approx(1.0) and r["gamma"] == pytest.approx(0.0, abs=1e-12)
-    # one teacher-specific quirk: the dolphin teacher's student gains most on every animal and the
-    # owl teacher's least; swapping owl and dolphin beats the true labelling, so p > 1/6
-    quirk = [{t: {x: {"owl": 0.0, "eagle": 0.5, "dolphin": 1.0}[t] + 0.3 * (t == x) for x in ANIMALS3}
-              for t in ANIMALS3}]
+    # teacher-specific quirks on top of a real specific part (gamma > 0): the dolphin teacher's student
+    # gains owl and the owl teacher's gains dolphin; swapping owl and dolphin beats the true labelling
+    quirk = [{t: {x: 0.6 * (t == x) + 1.0 * ({t, x} == {"owl", "dolphin"}) + d for x in ANIMALS3} for t in ANIMALS3}
+             for d in (0.0, 0.4)]
     r = B.teacher_label_permutation(quirk, ANIMALS3)
-    assert r["largest"]["teachers"] == "dolphin, eagle, owl" and r["rank"] > 1 and r["p"] > 1 / 6
+    assert r["gamma"] == pytest.approx(0.8 / 3) and r["largest"]["teachers"] == "dolphin, eagle, owl"
+    assert r["largest"]["gamma"] == pytest.approx(2.0 / 3) and r["rank"] == 2 and r["p"] == pytest.approx(2 / 6)
     # scipy's exact p is the share of the stored relabellings at least as large as the true one
     for table in (specific, quirk):
         r = B.teacher_label_permutation(table, ANIMALS3)
