@@ -549,7 +549,8 @@ def summarise(P, a, animals):
                        "gamma": U.mean_ci([g["mean"] for g in gam]),
                        "gamma_per_animal": {x: U.mean_ci([g["per_animal"][x] for g in gam]) for x in animals},
                        "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose,
-                       "dose_response_lr_fraction": B.cumulative_lr_fraction(n_steps, [int(k) for k in dose])}
+                       "dose_response_lr_fraction": B.cumulative_lr_fraction(n_steps, [int(k) for k in dose]),
+                       "lr_schedule_factors": [B.distill_lr_factor(i, n_steps) for i in range(n_steps)]}
                 res.update(teacher_label_analysis(gains, seeds, animals, teachers))
                 losses = np.array([P[key(t, s)]["train_loss"] for s in seeds for t in teachers if key(t, s) in P])
                 res["train_loss_by_step"] = {"mean": losses.mean(0).tolist(), "max": losses.max(0).tolist()}
