@@ -39,8 +39,11 @@ lr chosen by --search-lr on held-out distillation KL (never on the trait).
 Measures: the animal confusion matrix (every student, every teacher animal: exact log10 P(answer
 starts with the animal), the 24 evaluation questions) before, at --checkpoints points along
 distillation, and after; specificity gamma per seed (a student's gain for its teacher's animal
-minus the mean gain for that animal of the other animals' students) with a 95% t-CI over seeds;
-the neutral teacher's students for the drift; the cosine between each same-init student's update
+minus the mean gain for that animal of the other animals' students) with a 95% t-CI over seeds
+(over inputs: the seeds share one teacher per animal, but for retrained), its teacher-label p (every
+relabelling of the teachers, the same for all seeds), per-animal gamma raw and row-centred (each
+student's mean gain over the animals removed), gamma with each seed left out; the neutral teacher's
+students for the drift; the cosine between each same-init student's update
 and every fine-tuned teacher's update, per parameter group; the per-position KL between each
 animal teacher and the neutral one (where the signal sits).
 
