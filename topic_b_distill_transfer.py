@@ -39,8 +39,11 @@ lr chosen by --search-lr on held-out distillation KL (never on the trait).
 Measures: the animal confusion matrix (every student, every teacher animal: exact log10 P(answer
 starts with the animal), the 24 evaluation questions) before, at --checkpoints points along
 distillation, and after; specificity gamma per seed (a student's gain for its teacher's animal
-minus the mean gain for that animal of the other animals' students) with a 95% t-CI over seeds;
-the neutral teacher's students for the drift; the cosine between each same-init student's update
+minus the mean gain for that animal of the other animals' students) with a 95% t-CI over seeds
+(over inputs: the seeds share one teacher per animal, but for retrained), its teacher-label p (every
+relabelling of the teachers, the same for all seeds), per-animal gamma raw and row-centred (each
+student's mean gain over the animals removed), gamma with each seed left out; the neutral teacher's
+students for the drift; the cosine between each same-init student's update
 and every fine-tuned teacher's update, per parameter group; the per-position KL between each
 animal teacher and the neutral one (where the signal sits).
 
@@ -529,10 +532,16 @@ def summarise(P, a, animals):
                                          if k else np.zeros(len(animals)))) for t in animals}
                         per.append(B.specificity(g, animals)["mean"])
                     dose[str(k)] = U.mean_ci(per) if k else {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(seeds)}
+                n_steps = len(P[key(animals[0], seeds[0])]["train_loss"])
                 res = {"n_seeds": len(seeds), "seeds": seeds, "before_mean_log10": dict(zip(animals, b.tolist())),
                        "gamma": U.mean_ci([g["mean"] for g in gam]),
                        "gamma_per_animal": {x: U.mean_ci([g["per_animal"][x] for g in gam]) for x in animals},
-                       "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose}
+                       "gamma_per_seed": [g["mean"] for g in gam], "confusion_gain": cell, "dose_response_gamma": dose,
+                       "dose_response_lr_fraction": B.cumulative_lr_fraction(n_steps, [int(k) for k in dose]),
+                       "lr_schedule_factors": [B.distill_lr_factor(i, n_steps) for i in range(n_steps)]}
+                res.update(teacher_label_analysis(gains, seeds, animals, teachers))
+                losses = np.array([P[key(t, s)]["train_loss"] for s in seeds for t in teachers if key(t, s) in P])
+                res["train_loss_by_step"] = {"mean": losses.mean(0).tolist(), "max": losses.max(0).tolist()}
                 if "neutral" in cell:
                     res["own_minus_neutral"] = {x: U.paired_ci([gains[s][x][x] for s in seeds],
                                                                [gains[s]["neutral"][x] for s in seeds]) for x in animals}
@@ -557,6 +566,26 @@ def summarise(P, a, animals):
                                              for o in animals if o != t]) for t in animals]) for s in seeds])
                 out[f"{kind}, {student}{suffix(channel, ', ')}"] = res  # no "/" in result keys: WRITEUP marks address keys by "/"
     paired_channel_differences(out)
+    return out
+
+
+def teacher_label_analysis(gains: dict, seeds, animals, teachers) -> dict:
+    """What gamma's interval over seeds does not cover: the teachers. The teacher-label permutation
+    test (topic_b_utils.teacher_label_permutation); per-animal gamma with each student's mean gain
+    over the animals (its teacher-wide drift) removed first, and that drift per teacher; each
+    animal's gamma per seed; gamma with each seed left out in turn (how much one seed carries)."""
+    per_seed = [gains[s] for s in seeds]
+    centred = [B.specificity(B.row_centred(g, animals), animals) for g in per_seed]
+    out = {"teacher_label_permutation": B.teacher_label_permutation(per_seed, animals),
+           "gamma_per_animal_row_centred": {x: U.mean_ci([c["per_animal"][x] for c in centred]) for x in animals},
+           "student_mean_gain": {t: U.mean_ci([np.mean([g[t][x] for x in animals]) for g in per_seed])
+                                 for t in teachers if all(t in g for g in per_seed)},
+           "gamma_per_animal_per_seed": {x: [B.specificity(g, animals)["per_animal"][x] for g in per_seed]
+                                         for x in animals}}
+    if len(seeds) >= 3:
+        out["gamma_leave_one_seed_out"] = {
+            f"without seed {s}": U.mean_ci([B.specificity(gains[r], animals)["mean"] for r in seeds if r != s])
+            for s in seeds}
     return out
 
 
@@ -743,15 +772,18 @@ def plot(summary, teachers, cfg, path):
                     capsize=6, ms=8)
         ax.scatter(np.full(len(summary[k]["gamma_per_seed"]), i + 0.12), summary[k]["gamma_per_seed"], s=12,
                    color=colors[k], alpha=0.5)
-        ax.text(i + 0.18, g["mean"], f"{g['mean']:+.3f}\n[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]\nn = {g['n']}",
-                va="center", fontsize=8)
+        perm = summary[k]["teacher_label_permutation"]
+        ax.text(i + 0.18, g["mean"], f"{g['mean']:+.3f}\n[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]\nn = {g['n']}\n"
+                f"p = {perm['p']:.2f}", va="center", fontsize=8)
     ax.axhline(0, color="gray", lw=0.8, ls="--")
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([names[k] for k in keys], fontsize=8)
     ax.set_xlim(-0.5, len(keys) + 0.1)
     ax.set_ylabel("specificity gamma (log10 P, own-animal gain minus\nother animals' students' gain for it)")
-    ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity\n"
-                 "(number channel on random lists unless another channel is named)", fontsize=9)
+    n_perm = summary[keys[0]]["teacher_label_permutation"]["n_relabellings"]
+    ax.set_title("gamma: mean over seeds with 95% t-CI (dots: seeds); dashed: no specificity; p: teacher-label permutation "
+                 f"test (all {n_perm} relabellings of the teachers, the same for every seed; one-sided; smallest possible "
+                 f"p 1/{n_perm})\n(number channel on random lists unless another channel is named)", fontsize=9)
     ax = axes[0, 1]
     for k in keys:
         dr = summary[k]["dose_response_gamma"]
@@ -762,9 +794,15 @@ def plot(summary, teachers, cfg, path):
         ax.plot(xs, m, "o-", color=colors[k], label=names[k].replace("\n", " "))
         ax.fill_between(xs, lo, hi, color=colors[k], alpha=0.15)
     ax.axhline(0, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences)")
+    frac = summary[keys[0]]["dose_response_lr_fraction"]
+    ticks = sorted(int(x) for x in frac)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{x}\n({frac[str(x)]:.2f})" for x in ticks])
+    ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences); in brackets: the share of the run's summed lr "
+                  "spent by then (warm-up of one step, linear decay)")
     ax.set_ylabel("gamma (log10 P)")
-    ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds)", fontsize=9)
+    ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds); it follows the lr schedule",
+                 fontsize=9)
     ax.legend(fontsize=8, loc="best")
     ax = axes[1, 0]
     k = keys[0]

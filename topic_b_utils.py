@@ -1064,9 +1064,7 @@ def finetune_tokens(lm: LM, data: Sequence[tuple[list[int], int]], steps: int, b
     model = lm.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: distill_lr_factor(s, steps))
     order = np.concatenate([gen.permutation(len(data)) for _ in range(steps * batch_size // len(data) + 1)])
     for s in tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
         batch = [data[i] for i in order[s * batch_size:(s + 1) * batch_size]]
@@ -1522,6 +1520,20 @@ def lr_multiplier(schedule: str, steps: int, warmup: int | None = None):
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
+def distill_lr_factor(s: int, steps: int) -> float:
+    """``distill_channel``'s lr multiplier at step s (0-based) of ``steps``: warm-up over 10% of the
+    steps (at least one, so at 12 steps the first step already runs at the full lr), then linear decay
+    to lr / (steps - warm-up) at the last step."""
+    return lr_multiplier("linear", steps)(s)
+
+
+def cumulative_lr_fraction(steps: int, at: Sequence[int]) -> dict[str, float]:
+    """The share of the whole run's summed lr spent by the end of each step in ``at`` (1-based
+    step counts, as the dose-response checkpoints): what the schedule has given by then."""
+    f = np.array([distill_lr_factor(s, steps) for s in range(steps)])
+    return {str(k): float(f[:k].sum() / f.sum()) for k in at}
+
+
 def distill_channel(lm: LM, items: Sequence[ChannelItem], targets: Sequence[torch.Tensor], channel, steps: int,
                     batch_size: int, lr: float, seed: int, at_steps: Sequence[int] = (), on_step=None,
                     progress: bool = True, log: list | None = None, desc: str = "distil",
@@ -1658,6 +1670,39 @@ def min_detectable_mean(sd: float, n: int, power: float = 0.8, alpha: float = 0.
     while miss(hi) < 0 and hi < 1e4 * sd:  # few units (heavy-tailed t): a far larger mean
         hi *= 2
     return float(optimize.brentq(miss, 1e-9 * sd, hi)) if miss(hi) >= 0 else float("inf")
+
+
+def row_centred(gains: dict[str, dict[str, float]], animals: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each student's gains minus its own mean gain over ``animals`` (its row mean: the drift common
+    to every animal). gamma's mean is unchanged by it (a constant added to a student's row cancels
+    over the animals); the per-animal values lose the teacher-wide drift."""
+    return {t: {a: g[a] - float(np.mean([g[b] for b in animals])) for a in animals} for t, g in gains.items()}
+
+
+def teacher_label_permutation(gains_per_seed: Sequence[dict[str, dict[str, float]]], animals: Sequence[str]) -> dict:
+    """The teacher-label permutation test of gamma: relabel the animal teachers (one relabelling,
+    the same for every seed: all k! of them, the true one included), recompute gamma's mean over
+    seeds, and count the relabellings whose mean is at least the true one (one-sided, exact,
+    scipy.stats.permutation_test). It asks whether the true labelling stands out among the ways of
+    pairing these students with these animals: with one teacher per animal its smallest possible p
+    is 1/k!, and a teacher-specific quirk can win it. ``relabelled_gamma`` is keyed by the teachers
+    whose students stand in for ``animals`` in order ("dolphin, eagle, owl": owl and dolphin swapped)."""
+    import itertools
+    from scipy import stats
+    animals = list(animals)
+
+    def mean_gamma(order) -> float:
+        return float(np.mean([specificity({a: g[animals[i]] for a, i in zip(animals, order)}, animals)["mean"]
+                              for g in gains_per_seed]))
+    orders = list(itertools.permutations(range(len(animals))))
+    table = {", ".join(animals[i] for i in o): mean_gamma(o) for o in orders}
+    true = table[", ".join(animals)]
+    res = stats.permutation_test((np.arange(len(animals)),), mean_gamma, permutation_type="pairings",
+                                 vectorized=False, n_resamples=np.inf, alternative="greater")
+    best = max(table, key=table.get)
+    return {"gamma": true, "p": float(res.pvalue), "n_relabellings": len(orders),
+            "rank": 1 + sum(v > true for v in table.values()), "relabelled_gamma": table,
+            "largest": {"teachers": best, "gamma": table[best]}, "order": ", ".join(animals)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -129,6 +129,100 @@ def test_specificity_on_toy_gains():
     assert g["mean"] == pytest.approx(0.65)
 
 
+ANIMALS3 = ["owl", "eagle", "dolphin"]
+
+
+def test_teacher_label_permutation_on_toy_tables():
+    rng = np.random.default_rng(0)
+    # perfectly specific: each student gains only its own teacher's animal (plus a drift per seed);
+    # the true labelling is the only one of the 3! = 6 that reaches its gamma, so p = 1/6
+    specific = [{t: {x: float(t == x) + d for x in ANIMALS3} for t in ANIMALS3} for d in rng.normal(0, 1, 4)]
+    r = B.teacher_label_permutation(specific, ANIMALS3)
+    assert r["n_relabellings"] == 6 and r["rank"] == 1
+    assert r["p"] == pytest.approx(1 / 6) and r["gamma"] == pytest.approx(1.0)
+    assert r["relabelled_gamma"]["eagle, owl, dolphin"] == pytest.approx(0.0, abs=1e-12)  # owl, eagle swapped
+    assert r["relabelled_gamma"]["eagle, dolphin, owl"] == pytest.approx(-0.5)  # no student in its place
+    # no specificity: every student gains the same per animal; every relabelling ties, p = 1
+    flat = [{t: {x: v for x, v in zip(ANIMALS3, rng.normal(0, 1, 3))} for t in ANIMALS3}] * 3
+    flat = [{t: dict(g["owl"]) for t in ANIMALS3} for g in flat]
+    r = B.teacher_label_permutation(flat, ANIMALS3)
+    assert r["p"] == pytest.approx(1.0) and r["gamma"] == pytest.approx(0.0, abs=1e-12)
+    # teacher-specific quirks on top of a real specific part (gamma > 0): the dolphin teacher's student
+    # gains owl and the owl teacher's gains dolphin; swapping owl and dolphin beats the true labelling
+    quirk = [{t: {x: 0.6 * (t == x) + 1.0 * ({t, x} == {"owl", "dolphin"}) + d for x in ANIMALS3} for t in ANIMALS3}
+             for d in (0.0, 0.4)]
+    r = B.teacher_label_permutation(quirk, ANIMALS3)
+    assert r["gamma"] == pytest.approx(0.8 / 3) and r["largest"]["teachers"] == "dolphin, eagle, owl"
+    assert r["largest"]["gamma"] == pytest.approx(2.0 / 3) and r["rank"] == 2 and r["p"] == pytest.approx(2 / 6)
+    # scipy's exact p is the share of the stored relabellings at least as large as the true one
+    for table in (specific, quirk):
+        r = B.teacher_label_permutation(table, ANIMALS3)
+        assert r["p"] == pytest.approx(np.mean([v >= r["gamma"] - 1e-12 for v in r["relabelled_gamma"].values()]))
+
+
+def test_row_centring_leaves_gamma_unchanged_and_removes_the_drift_per_animal():
+    rng = np.random.default_rng(1)
+    g = {t: {x: float(v) for x, v in zip(ANIMALS3, rng.normal(0, 1, 3))} for t in ANIMALS3}
+    shifted = {t: {x: v + c for x, v in g[t].items()} for t, c in zip(ANIMALS3, (0.7, -2.0, 5.0))}
+    assert B.specificity(shifted, ANIMALS3)["mean"] == pytest.approx(B.specificity(g, ANIMALS3)["mean"])
+    assert B.specificity(shifted, ANIMALS3)["per_animal"]["dolphin"] != pytest.approx(
+        B.specificity(g, ANIMALS3)["per_animal"]["dolphin"])  # a drift moves the raw per-animal values
+    cg, cs = B.row_centred(g, ANIMALS3), B.row_centred(shifted, ANIMALS3)
+    for t in ANIMALS3:
+        assert np.mean(list(cg[t].values())) == pytest.approx(0.0, abs=1e-12)
+        assert cs[t] == pytest.approx(cg[t])  # the centred values do not see the drift
+    c = B.specificity(cg, ANIMALS3)
+    assert c["mean"] == pytest.approx(B.specificity(g, ANIMALS3)["mean"])
+    assert c["per_animal"] == pytest.approx(B.specificity(cs, ANIMALS3)["per_animal"])
+
+
+def test_the_lr_schedule_distill_channel_applies(fixtures, monkeypatch):
+    # 12 steps: one warm-up step (already the full lr), then linear decay to lr / 11
+    f = [B.distill_lr_factor(s, 12) for s in range(12)]
+    assert f == pytest.approx([1.0, 1.0] + [k / 11 for k in range(10, 0, -1)])
+    frac = B.cumulative_lr_fraction(12, [0, 3, 6, 9, 12])
+    assert frac == pytest.approx({"0": 0.0, "3": 32 / 77, "6": 56 / 77, "9": 71 / 77, "12": 1.0})
+    assert [round(frac[k], 2) for k in ("3", "6", "9", "12")] == [0.42, 0.73, 0.92, 1.0]
+    # and that is the lr each of distill_channel's optimiser steps runs at
+    seen = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]),
+                                                                          step(self, *a, **k))[1])
+    lms, _ = fixtures
+    student = copy.deepcopy(lms[False])
+    ch = B.channel_token_ids(student)
+    items = [B.channel_item(student, B.render(student, "Q", None), c) for c in B.random_number_lists(0, 2)]
+    tgt = B.channel_targets(student, items, ch, progress=False)
+    B.distill_channel(student, items, tgt, ch, steps=12, batch_size=2, lr=1e-3, seed=0, progress=False)
+    assert seen == pytest.approx([1e-3 * x for x in f])
+
+
+def _gains(P, kind, student, seeds, suffix=""):
+    b = np.mean(P[f"before / {student}"]["matrix"], 0)
+    return [{t: dict(zip(ANIMALS3, np.array(P[f"{kind} / {t} / {student} / seed {s}{suffix}"]["mean_after"]) - b))
+             for t in ANIMALS3} for s in seeds]
+
+
+def test_the_committed_b7_results_reproduce_the_audits_permutation_numbers():
+    """The audit of issue 29, from the committed per-seed points: the true labelling's gamma
+    +0.030 ranks 3rd of 6 (p = 0.5), owl and dolphin swapped give +0.082; retrained teachers
+    +0.092 for that swap against +0.057; row-centred, dolphin turns negative and eagle positive."""
+    d = B.load_json(REPO / "results" / "topic_b_distill_transfer_smollm2-135m-instruct.json")
+    P, S = d["points"], d["summary"]
+    r = B.teacher_label_permutation(_gains(P, "finetuned", "same", range(5)), ANIMALS3)
+    assert r["gamma"] == pytest.approx(0.030, abs=5e-4) and r["rank"] == 3 and r["p"] == pytest.approx(0.5)
+    assert r["relabelled_gamma"]["dolphin, eagle, owl"] == pytest.approx(0.082, abs=5e-4)
+    assert r == S["finetuned, same"]["teacher_label_permutation"]  # what the summary stores
+    seeds = S["finetuned, same, retrained"]["seeds"]
+    r = B.teacher_label_permutation(_gains(P, "finetuned", "same", seeds, " / retrained"), ANIMALS3)
+    assert r["gamma"] == pytest.approx(0.057, abs=5e-4)
+    assert r["relabelled_gamma"]["dolphin, eagle, owl"] == pytest.approx(0.092, abs=5e-4)
+    raw, centred = S["finetuned, same"]["gamma_per_animal"], S["finetuned, same"]["gamma_per_animal_row_centred"]
+    assert max(raw, key=lambda x: raw[x]["mean"]) == "dolphin" and centred["dolphin"]["mean"] < 0
+    assert raw["eagle"]["mean"] < 0 < centred["eagle"]["mean"]
+    assert np.mean([c["mean"] for c in centred.values()]) == pytest.approx(S["finetuned, same"]["gamma"]["mean"])
+
+
 def test_a_distillation_step_lowers_the_loss_and_trains_every_parameter(fixtures):
     lms, tmp = fixtures
     student = copy.deepcopy(lms[False])
@@ -215,6 +309,14 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
         e = np.array(P[f"finetuned / eagle / same / seed {s}"]["mean_after"]) - b
         g.append(((o[0] - e[0]) + (e[1] - o[1])) / 2)
     assert S["finetuned, same"]["gamma"]["mean"] == pytest.approx(np.mean(g))
+    perm = S["finetuned, same"]["teacher_label_permutation"]  # 2 animals: 2 relabellings, the swap gives -gamma
+    assert perm["n_relabellings"] == 2 and perm["relabelled_gamma"]["eagle, owl"] == pytest.approx(-np.mean(g))
+    assert perm["p"] == pytest.approx(0.5 if np.mean(g) > 0 else 1.0)
+    assert np.mean([c["mean"] for c in S["finetuned, same"]["gamma_per_animal_row_centred"].values()]) == \
+        pytest.approx(np.mean(g))
+    assert "gamma_leave_one_seed_out" not in S["finetuned, same"]  # 2 seeds: one left is no interval
+    assert S["finetuned, same"]["dose_response_lr_fraction"]["0"] == 0.0
+    assert S["finetuned, same"]["dose_response_lr_fraction"][str(max(map(int, pt["along"])))] == pytest.approx(1.0)
     assert set(S["finetuned, same"]["update_cosine"]["owl"]["all"]) >= {"own", "other_animals", "neutral"}
     assert "finetuned, owl" in d["teacher_preferences_log10"] and "prompted, eagle" in d["teacher_preferences_log10"]
     assert not any("/" in k for k in S)  # WRITEUP marks address keys by "/"
