@@ -183,6 +183,19 @@ def test_help_lists_every_flag():
     assert "python topic_a.py --runs 25" in r.stdout  # the docstring's regenerate command
 
 
+def test_ci_runs_the_readme_commands_as_written_in_order():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and "python topic_a.py" in commands[0] and "pytest" in commands[1]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    where = [ci.index(c) for c in commands]  # ValueError: a README command is not in .ci/run as written
+    assert where == sorted(where)
+    check = ci.index("python topic_a.py --check-against-committed")  # the regenerated result is checked
+    assert where[0] < check
+    assert "--check-against-committed" in readme.split("## ", 1)[0]  # and the README says so
+
+
 TINY = ["--runs", "2", "--n-train", "1024", "--n-test", "300", "--teacher-epochs", "1",
         "--student-epochs", "1", "--batch-size", "256", "--no-progress", "--no-cache"]
 STEP2 = {
