@@ -178,9 +178,10 @@ def test_help_lists_every_flag():
     r = run_script(["--help"])
     assert r.returncode == 0
     for flag in ("--runs", "--seed", "--device", "--data-dir", "--legacy-kl", "--legacy-pairing",
-                 "--fixed-noise", "--compare-defects", "--loss"):
+                 "--fixed-noise", "--compare-defects", "--loss", "--check-against-committed"):
         assert flag in r.stdout
     assert "python topic_a.py --runs 25" in r.stdout  # the docstring's regenerate command
+    assert "0.25 x the committed 95% CI half-width" in " ".join(r.stdout.split())  # the check's tolerance
 
 
 def test_ci_runs_the_readme_commands_as_written_in_order():
