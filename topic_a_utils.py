@@ -1426,14 +1426,14 @@ def compare_results(new: dict, ref: dict, frac: float = REPRO_TOLERANCE) -> tupl
         cells, worst = [], 0.0
         for k in STAT_FIELDS:
             if k not in b or k not in a:
-                cells.append(f"{'-':>10}")
+                cells.append(f"{'-':>11}")
                 if k in b:
                     fails.append(f"{path}/{k}: in the committed results, missing here")
                 continue
             d = float(a[k]) - float(b[k])
             r = abs(d) / tol if tol > 0 else (0.0 if d == 0 else math.inf)
             worst = max(worst, r)
-            cells.append(f"{math.copysign(r, d):+10.2f}")
+            cells.append(f"{math.copysign(r, d):+11.2f}")
             if not r <= 1:
                 fails.append(f"{path}/{k}: {float(a[k]):.5f} here, committed {float(b[k]):.5f}: off by {d:+.5f} "
                              f"= {r:.2f} x the tolerance {tol:.5f} ({frac:g} x committed half-width "
@@ -1452,7 +1452,7 @@ def compare_results(new: dict, ref: dict, frac: float = REPRO_TOLERANCE) -> tupl
         rows.append(f"  {path:<36}{tol:>9.5f}{''.join(cells)}{worst:>7.2f}   {pr}")
 
     walk(new, ref, "")
-    head = "".join(f"{k.replace('legacy_half_width', 'legacy_hw'):>10}" for k in STAT_FIELDS)
+    head = "".join(f"{k.replace('legacy_half_width', 'legacy_hw'):>11}" for k in STAT_FIELDS)
     report.append(f"  {'quantity: difference / tolerance':<36}{'tolerance':>9}{head}{'max':>7}   per-run values (reported)")
     report.extend(rows)
     n_diff = sum("must be equal" in f for f in fails)
