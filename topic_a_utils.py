@@ -1451,6 +1451,113 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# A regenerated results JSON against the committed one (the reproduction check). Float-order
+# differences between CPUs / BLAS kernels move the numbers in the third decimal; a difference is
+# "within tolerance" when it is at most REPRO_TOLERANCE x the committed 95% CI half-width of that
+# condition, i.e. small against the run-to-run spread that every conclusion is already drawn with.
+REPRO_TOLERANCE = 0.25
+MACHINE_FIELDS = ("command", "git_commit", "device", "torch", "threads", "wall_time_s", "date", "peak_rss_mb")
+STAT_FIELDS = ("mean", "ci_low", "ci_high", "half_width", "std", "legacy_half_width")
+
+
+def committed_text(path: str | Path, rev: str = "HEAD") -> str | None:
+    """The committed text of a file (``git show HEAD:<path>``), or None outside git / when not committed."""
+    path = Path(path).resolve()
+    try:
+        r = subprocess.run(["git", "show", f"{rev}:./{path.name}"], cwd=path.parent, capture_output=True,
+                           timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.decode() if r.returncode == 0 else None
+
+
+def _same(a, b) -> bool:
+    nan = lambda v: isinstance(v, float) and math.isnan(v)  # noqa: E731
+    return a == b or (nan(a) and nan(b))
+
+
+def compare_results(new: dict, ref: dict, frac: float = REPRO_TOLERANCE) -> tuple[list[str], list[str]]:
+    """Compare a regenerated results JSON with the reference (committed) one, field by field.
+
+    * a summary block (a dict with ``mean`` and ``half_width``): its mean, CI bounds, half-widths and
+      std each within ``frac`` x the reference half-width; ``n`` exact; ``per_run`` reported (largest
+      per-run difference), not compared one by one (its effect on the mean and CI is compared);
+    * machine-dependent fields (MACHINE_FIELDS: wall time, peak RSS, date, threads, git commit,
+      command line, device, torch build): reported, not compared;
+    * everything else (configuration, seeds, n, pairing): exact.
+    Returns (report lines, failure lines); each failure line names the field and by how much it is off.
+    """
+    report, rows, fails, n_exact = [], [], [], [0]
+
+    def walk(a, b, path: str):
+        key = path.rsplit("/", 1)[-1]
+        if key in MACHINE_FIELDS:
+            if a != b:
+                report.append(f"  {path}: committed {b!r}, here {a!r}  (machine-dependent: reported, not compared)")
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            if "mean" in b and "half_width" in b:
+                return stats(a, b, path)
+            for k in b:
+                if k not in a:
+                    fails.append(f"{path}/{k}: in the committed results, missing here")
+            for k in a:
+                if k not in b:
+                    fails.append(f"{path}/{k}: here, not in the committed results")
+                else:
+                    walk(a[k], b[k], f"{path}/{k}" if path else k)
+            return
+        if isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                fails.append(f"{path}: {len(a)} entries here, committed {len(b)} (must be equal)")
+                return
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}/{i}")
+            return
+        n_exact[0] += 1
+        if not _same(a, b):
+            fails.append(f"{path}: {a!r} here, committed {b!r} (must be equal)")
+
+    def stats(a: dict, b: dict, path: str):
+        tol = frac * float(b["half_width"])
+        cells, worst = [], 0.0
+        for k in STAT_FIELDS:
+            if k not in b or k not in a:
+                cells.append(f"{'-':>11}")
+                if k in b:
+                    fails.append(f"{path}/{k}: in the committed results, missing here")
+                continue
+            d = float(a[k]) - float(b[k])
+            r = abs(d) / tol if tol > 0 else (0.0 if d == 0 else math.inf)
+            worst = max(worst, r)
+            cells.append(f"{math.copysign(r, d):+11.2f}")
+            if not r <= 1:
+                fails.append(f"{path}/{k}: {float(a[k]):.5f} here, committed {float(b[k]):.5f}: off by {d:+.5f} "
+                             f"= {r:.2f} x the tolerance {tol:.5f} ({frac:g} x committed half-width "
+                             f"{float(b['half_width']):.5f})")
+        for k in [*b, *(k for k in a if k not in b)]:
+            if k not in STAT_FIELDS and k != "per_run":
+                walk(a.get(k), b.get(k), f"{path}/{k}")
+        pr = ""
+        if "per_run" in b:
+            x, y = a.get("per_run") or [], b["per_run"]
+            if len(x) != len(y):
+                fails.append(f"{path}/per_run: {len(x)} runs here, committed {len(y)} (must be equal)")
+            elif y:
+                dd = np.abs(np.subtract(x, y, dtype=float))
+                pr = f"{int((dd > 0).sum()):>3}/{len(y)} differ, largest {dd.max():.4f}"
+        rows.append(f"  {path:<36}{tol:>9.5f}{''.join(cells)}{worst:>7.2f}   {pr}")
+
+    walk(new, ref, "")
+    head = "".join(f"{k.replace('legacy_half_width', 'legacy_hw'):>11}" for k in STAT_FIELDS)
+    report.append(f"  {'quantity: difference / tolerance':<36}{'tolerance':>9}{head}{'max':>7}   per-run values (reported)")
+    report.extend(rows)
+    n_diff = sum("must be equal" in f for f in fails)
+    report.append(f"  configuration, seeds, n, pairing: {n_exact[0]} fields compared exactly, "
+                  f"{f'{n_diff} differ' if n_diff else 'all equal'}")
+    return report, fails
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------

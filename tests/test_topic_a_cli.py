@@ -1,4 +1,5 @@
 """End-to-end checks of topic_a.py: a short run of the real pipeline, determinism, clear errors."""
+import copy
 import json
 import os
 import subprocess
@@ -7,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+import topic_a_utils as U
+from conftest import REPO, shared_data_dir
 
 QUICK = ["--runs", "3", "--n-train", "2048", "--n-test", "500", "--teacher-epochs", "2",
          "--student-epochs", "2", "--batch-size", "128", "--lr", "1e-3", "--no-progress", "--no-cache"]
@@ -19,14 +21,40 @@ def run_script(args, cwd=None, env_extra=None, script="topic_a.py"):
                           cwd=cwd or REPO, env=env, timeout=600)
 
 
-def test_end_to_end_quick_run_is_deterministic(tmp_path, mnist_dir):
-    outs = []
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """The QUICK configuration run twice with the same seed: [(results dir, plots dir), ...]."""
+    data = shared_data_dir()
+    if data is None:
+        pytest.skip("real MNIST not found (set SUBLIMINAL_DATA_DIR)")
+    tmp = tmp_path_factory.mktemp("quick")
+    dirs = []
     for i in range(2):
-        r = run_script([*QUICK, "--data-dir", mnist_dir, "--results-dir", str(tmp_path / f"r{i}"),
-                        "--plots-dir", str(tmp_path / f"p{i}")])
+        r = run_script([*QUICK, "--data-dir", data, "--results-dir", str(tmp / f"r{i}"),
+                        "--plots-dir", str(tmp / f"p{i}")])
         assert r.returncode == 0, r.stderr
-        assert (tmp_path / f"p{i}" / "topic_a.png").stat().st_size > 10_000
-        outs.append(json.loads((tmp_path / f"r{i}" / "topic_a.json").read_text()))
+        dirs.append((tmp / f"r{i}", tmp / f"p{i}"))
+    return dirs
+
+
+# fields that depend on the machine and the moment, not on the computation
+MACHINE = {"provenance": ("command", "git_commit", "threads", "wall_time_s", "date"), "": ("peak_rss_mb",)}
+
+
+def without_machine_fields(res: dict) -> dict:
+    res = copy.deepcopy(res)
+    for k in MACHINE["provenance"]:
+        res["provenance"].pop(k)
+    for k in MACHINE[""]:
+        res.pop(k)
+    return res
+
+
+def test_end_to_end_quick_run_is_deterministic(quick_runs):
+    outs = []
+    for rdir, pdir in quick_runs:
+        assert (pdir / "topic_a.png").stat().st_size > 10_000
+        outs.append(json.loads((rdir / "topic_a.json").read_text()))
     res = outs[0]
     for k in ("command", "git_commit", "seed", "n_runs", "device", "wall_time_s"):
         assert k in res["provenance"]
@@ -36,9 +64,80 @@ def test_end_to_end_quick_run_is_deterministic(tmp_path, mnist_dir):
     assert all(len(v["per_run"]) == 3 and v["ci_low"] <= v["mean"] <= v["ci_high"] for v in s.values())
     assert s["teacher"]["mean"] > 0.8  # 32 Adam steps on 2k images already learn MNIST
     assert res["pairing_fixed_points"] == []
-    # same seed, same everything
-    assert outs[0]["summary"] == outs[1]["summary"]
-    assert outs[0]["pairing"] == outs[1]["pairing"]
+    # same machine, same seed: the JSON is bit-identical apart from the machine fields
+    a, b = (json.dumps(without_machine_fields(o), indent=2) for o in outs)
+    assert a == b
+    assert len(a) > 2000 and '"per_run"' in a  # the comparison covers the numbers
+
+
+def check_cli(results_dir, reference):
+    args = ["--check-against-committed", *([str(reference)] if reference else []), "--results-dir", str(results_dir)]
+    return run_script(args)
+
+
+def test_reproduction_check_tolerates_machine_fields_and_small_differences(quick_runs, tmp_path):
+    (r0, _), (r1, _) = quick_runs
+    res = json.loads((r1 / "topic_a.json").read_text())
+    # (b) every machine field differs: reported, not compared
+    moved = copy.deepcopy(res)
+    moved["provenance"].update(command="topic_a.py --elsewhere", git_commit="0" * 40, threads=96,
+                               wall_time_s=res["provenance"]["wall_time_s"] * 10 + 1, date="1999-01-01 00:00:00",
+                               device="cuda:0", torch="2.13.0+cu128")
+    moved["peak_rss_mb"] = res["peak_rss_mb"] + 1000
+    # (a) within tolerance: every condition's mean and CI moved by 0.9 x 0.25 of its half-width
+    for v in moved["summary"].values():
+        d = 0.9 * 0.25 * v["half_width"]
+        v.update(mean=v["mean"] + d, ci_low=v["ci_low"] - d, ci_high=v["ci_high"] + d)
+        v["per_run"] = [x + 0.01 for x in v["per_run"]]  # per-run values are reported, not compared
+    (tmp_path / "topic_a.json").write_text(json.dumps(moved, indent=2))
+    r = check_cli(tmp_path, r0 / "topic_a.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reproduction check passed" in r.stdout and "FAIL:" not in r.stdout
+    for k in ("wall_time_s", "date", "threads", "git_commit", "command", "peak_rss_mb"):
+        assert f"{k}: committed" in r.stdout and "reported, not compared" in r.stdout, k
+    row = next(line for line in r.stdout.splitlines() if "summary/student (aux only)" in line)
+    assert "+0.90" in row and "3/3 differ" in row  # the deviation as a fraction of the tolerance
+
+
+def test_reproduction_check_fails_beyond_tolerance_naming_the_field(quick_runs, tmp_path):
+    (r0, _), (r1, _) = quick_runs
+    res = json.loads((r1 / "topic_a.json").read_text())
+    hw = res["summary"]["cross-model (all logits)"]["half_width"]
+    res["summary"]["cross-model (all logits)"]["ci_high"] += 1.2 * 0.25 * hw
+    (tmp_path / "topic_a.json").write_text(json.dumps(res))
+    r = check_cli(tmp_path, r0 / "topic_a.json")
+    assert r.returncode == 1
+    bad = [line for line in r.stdout.splitlines() if line.startswith("FAIL:")]
+    assert len(bad) == 1, r.stdout
+    assert "summary/cross-model (all logits)/ci_high" in bad[0] and "1.20 x the tolerance" in bad[0]
+    assert "FAILED" in r.stderr and "Traceback" not in r.stderr
+    # a configuration field is compared exactly
+    res = json.loads((r1 / "topic_a.json").read_text())
+    res["setup"]["student_train"]["lr"] = 2e-3
+    res["pairing"] = res["pairing"][::-1]
+    (tmp_path / "topic_a.json").write_text(json.dumps(res))
+    r = check_cli(tmp_path, r0 / "topic_a.json")
+    assert r.returncode == 1
+    assert "FAIL: setup/student_train/lr: 0.002 here, committed 0.001" in r.stdout
+    assert "FAIL: pairing/0:" in r.stdout
+
+
+def test_reproduction_check_default_reference_is_the_committed_json(quick_runs, tmp_path):
+    committed = U.committed_text(REPO / "results" / "topic_a.json")
+    if committed is None:
+        pytest.skip("not a git checkout with results/topic_a.json committed")
+    # a 3-run result against the committed 25-run one: not comparable, and it says so
+    (r1, _) = quick_runs[1]
+    r = check_cli(r1, None)
+    assert r.returncode == 1
+    assert "git show HEAD:results/topic_a.json" in r.stdout
+    assert "FAIL: provenance/n_runs: 3 here, committed 25 (must be equal)" in r.stdout
+    # the committed file itself is not a regenerated one
+    (tmp_path / "topic_a.json").write_text(committed)
+    r = check_cli(tmp_path, None)
+    assert r.returncode == 2 and "not regenerated" in r.stderr and "Traceback" not in r.stderr
+    r = check_cli(tmp_path / "nothing", None)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_different_seed_differs(tmp_path, mnist_dir):
@@ -79,9 +178,23 @@ def test_help_lists_every_flag():
     r = run_script(["--help"])
     assert r.returncode == 0
     for flag in ("--runs", "--seed", "--device", "--data-dir", "--legacy-kl", "--legacy-pairing",
-                 "--fixed-noise", "--compare-defects", "--loss"):
+                 "--fixed-noise", "--compare-defects", "--loss", "--check-against-committed"):
         assert flag in r.stdout
     assert "python topic_a.py --runs 25" in r.stdout  # the docstring's regenerate command
+    assert "0.25 x the committed 95% CI half-width" in " ".join(r.stdout.split())  # the check's tolerance
+
+
+def test_ci_runs_the_readme_commands_as_written_in_order():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and "python topic_a.py" in commands[0] and "pytest" in commands[1]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    where = [ci.index(c) for c in commands]  # ValueError: a README command is not in .ci/run as written
+    assert where == sorted(where)
+    check = ci.index("python topic_a.py --check-against-committed")  # the regenerated result is checked
+    assert where[0] < check
+    assert "--check-against-committed" in readme.split("## ", 1)[0]  # and the README says so
 
 
 TINY = ["--runs", "2", "--n-train", "1024", "--n-test", "300", "--teacher-epochs", "1",
