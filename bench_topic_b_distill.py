@@ -5,9 +5,9 @@ student (SmolLM2-135M-Instruct by default) it times whole distillation steps
 (topic_b_utils.distill_channel: forward, backward, clipping, AdamW) on precomputed teacher targets:
   old   topic_b_distill_transfer.py's step: 8 lists of 10 random numbers (~133 tokens, ~49 supervised
         positions each), foreach AdamW, warm-up + linear decay;
-  new   topic_b_distill_pairs.py's step: 4 lists of 30 numbers (~231 tokens, ~147 supervised positions),
-        fused AdamW, constant lr after warm-up;
-  and the two levers apart (old inputs with fused AdamW; new inputs at batch 8).
+  new   topic_b_distill_pairs.py's step: 2 lists of 30 numbers after a one-sentence prompt (~147
+        supervised positions each, about three quarters of the tokens), fused AdamW, constant lr;
+  and the levers apart (old inputs with fused AdamW; 30 numbers after the paper's prompt).
 Each row: seconds per step, supervised positions per second, tokens per second, and the achieved
 GFLOP/s as a fraction of this machine's fp32 sgemm ceiling (1 thread; training FLOPs estimated as
 6 x non-embedding parameters x tokens + the channel head, attention excluded). Saved to
@@ -26,18 +26,18 @@ import torch
 import topic_a_utils as U
 import topic_b_utils as B
 
-ROWS = {  # name: (lists per step, numbers per list, fused AdamW, schedule)
-    "old: batch 8, 10 numbers, foreach AdamW": (8, 10, False, "linear"),
-    "old inputs, fused AdamW": (8, 10, True, "linear"),
-    "new inputs (30 numbers), batch 8, fused": (8, 30, True, "constant"),
-    "new: batch 4, 30 numbers, fused AdamW": (4, 30, True, "constant"),
+ROWS = {  # name: (lists per step, numbers per list, short prompt, fused AdamW, schedule)
+    "old: batch 8, 10 numbers, paper's prompt, foreach AdamW": (8, 10, False, False, "linear"),
+    "old inputs, fused AdamW": (8, 10, False, True, "linear"),
+    "30 numbers, paper's prompt, batch 4, fused": (4, 30, False, True, "constant"),
+    "new: batch 2, 30 numbers, short prompt, fused AdamW": (2, 30, True, True, "constant"),
 }
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=B.INSTRUCT_MODEL, help=f"student model (default {B.INSTRUCT_MODEL})")
-    p.add_argument("--steps", type=U.positive_int, default=4, help="timed steps per row, after one warm-up step (default 4)")
+    p.add_argument("--runs", type=U.positive_int, default=4, help="timed steps per row, after one warm-up step (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for inputs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the sweeps run)")
@@ -59,20 +59,20 @@ def main():
     body = sum(p_.numel() for name, p_ in lm.model.named_parameters() if "embed" not in name and "lm_head" not in name)
     init = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
     rows = {}
-    for name, (bs, length, fused, schedule) in ROWS.items():
-        k = bs * (a.steps + 1)
-        pairs = list(zip(B.sequence_prompts(a.seed + length, k, count=length), B.random_number_lists(a.seed + 1, k, length)))
+    for name, (bs, length, short, fused, schedule) in ROWS.items():
+        k = bs * (a.runs + 1)
+        pairs = list(zip(B.sequence_prompts(a.seed + length, k, count=length, short=short), B.random_number_lists(a.seed + 1, k, length)))
         items = [B.channel_item(lm, B.render(lm, q), c) for q, c in pairs]
         tgt = B.channel_targets(lm, items, ch, 16, progress=False)
         times = []
-        B.distill_channel(lm, items, tgt, ch, a.steps + 1, bs, 1e-5, 0, progress=False, schedule=schedule,
-                          fused=fused, at_steps=range(1, a.steps + 2), on_step=lambda s: times.append(time.perf_counter()))
+        B.distill_channel(lm, items, tgt, ch, a.runs + 1, bs, 1e-5, 0, progress=False, schedule=schedule,
+                          fused=fused, at_steps=range(1, a.runs + 2), on_step=lambda s: times.append(time.perf_counter()))
         lm.model.load_state_dict(init)
         dt = float(np.mean(np.diff(times)))  # the first (warm-up) step excluded
         tokens = np.mean([len(i.ids) for i in items]) * bs
         pos = np.mean([len(i.pos) for i in items]) * bs
         gflops = (6 * body * tokens + 6 * len(ch) * lm.model.config.hidden_size * pos) / dt / 1e9
-        rows[name] = {"batch": bs, "numbers_per_list": length, "fused_adamw": fused, "s_per_step": dt,
+        rows[name] = {"batch": bs, "numbers_per_list": length, "short_prompt": short, "fused_adamw": fused, "s_per_step": dt,
                       "positions_per_step": pos, "tokens_per_step": tokens, "positions_per_s": pos / dt,
                       "tokens_per_s": tokens / dt, "gflops": gflops, "fraction_of_ceiling": gflops / ceiling}
         print(f"[{name}] {dt:6.2f} s/step, {pos / dt:6.1f} positions/s, {tokens / dt:6.0f} tokens/s, "

@@ -77,9 +77,12 @@ def parse_args(argv=None):
                    help="teachers' AdamW lr (default: the one --search chose on held-out answer loss)")
     g.add_argument("--teacher-lr-grid", default="2e-5,5e-5,1e-4,2e-4", help="teacher lrs --search tries")
     g.add_argument("--steps", type=B.positive_int, default=320, help="student updates (default 320)")
-    g.add_argument("--batch", type=B.positive_int, default=4, help="sequences per student update (default 4)")
+    g.add_argument("--batch", type=B.positive_int, default=2, help="sequences per student update (default 2)")
     g.add_argument("--list-length", type=B.positive_int, default=30,
                    help="random numbers per list (default 30; the prompt asks for that many)")
+    g.add_argument("--prompt", choices=("short", "paper"), default="short",
+                   help="the task before each list: short (one sentence, default; the supervised completion is most of "
+                        "the sequence) or the paper's number-continuation prompt")
     g.add_argument("--heldout", type=B.positive_int, default=32, help="held-out sequences per pair for the KL (default 32)")
     g.add_argument("--warmup", type=B.positive_int, default=10, help="linear warm-up steps, then a constant lr (default 10)")
     g.add_argument("--checkpoints", default="5,10,20,40,80,160,320",
@@ -205,7 +208,7 @@ class Experiment:
         a = self.a
         n = a.steps * a.batch + a.heldout
         s = 7919 * ((100 if pair == "search" else pair) + 1) + a.seed + 5
-        both = list(zip(B.sequence_prompts(s, n, count=a.list_length),
+        both = list(zip(B.sequence_prompts(s, n, count=a.list_length, short=a.prompt == "short"),
                         B.random_number_lists(s + 1, n, length=a.list_length)))
         return both[:a.steps * a.batch], both[a.steps * a.batch:]
 
@@ -308,16 +311,19 @@ def search(E: Experiment, a, t0):
     for name in a.students:
         grid = getattr(a, STUDENTS[name]["grid"])
         for lr in grid:
-            sweep.run(f"{name} lr {lr:g} / steps {a.steps} / batch {a.batch} / list {a.list_length}",
+            sweep.run(student_search_key(a, name, lr),
                       lambda lr=lr, name=name: train_student(E, name, animal, "search", lr, evaluate=False))
-        res = {lr: sweep.points[f"{name} lr {lr:g} / steps {a.steps} / batch {a.batch} / list {a.list_length}"]
-               ["heldout_kl"][str(a.steps)] for lr in grid}
+        res = {lr: sweep.points[student_search_key(a, name, lr)]["heldout_kl"][str(a.steps)] for lr in grid}
         with U.file_lock(Path(search_path(a, E.tag))):  # the other process may have chosen its own meanwhile
             disk = (U.load_json(search_path(a, E.tag)) or {}).get("chosen", {})
         chosen = {**disk, **chosen, name: min(res, key=res.get)}
         sweep.save(chosen=chosen)
         print(f"{name}: held-out KL after {a.steps} steps: " + ", ".join(f"lr {k:g} {v:.5f}" for k, v in res.items())
               + f" -> {chosen[name]:g}")
+
+
+def student_search_key(a, name, lr) -> str:
+    return f"{name} lr {lr:g} / steps {a.steps} / batch {a.batch} / list {a.list_length} / {a.prompt} prompt"
 
 
 def main(argv=None):
@@ -363,7 +369,7 @@ def search_path(a, tag):
 def config(a, E):
     return {"model": E.lm.name, "cross_model": a.cross_model, "animals": a.animals, "questions": a.questions,
             "teacher_steps": a.teacher_steps, "teacher_batch": a.teacher_batch, "teacher_lr": teacher_lr(a, E.tag),
-            "steps": a.steps, "batch": a.batch, "list_length": a.list_length, "heldout": a.heldout,
+            "steps": a.steps, "batch": a.batch, "list_length": a.list_length, "prompt": a.prompt, "heldout": a.heldout,
             "warmup": a.warmup, "schedule": "constant after warm-up", "checkpoints": a.checkpoints, "seed": a.seed,
             "lrs": {name: student_lr(a, E.tag, name)[0] for name in a.students},
             "channel_text": [E.lm.tokenizer.decode([t]) for t in E.channel]}
@@ -492,8 +498,8 @@ def panel_dose(ax, summary, cfg):
             ax.scatter(np.full(len(v), x * (1.06 if name == "cross" else 0.94)), v, s=9, color=COLORS[name], alpha=0.5)
     ax.axhline(0, color="gray", ls="--", lw=0.8)
     log_steps(ax, cfg["checkpoints"])
-    ax.set_xlabel(f"student updates (batch {cfg['batch']} lists of {cfg['list_length']} numbers, constant lr after "
-                  f"{cfg['warmup']} warm-up steps)")
+    ax.set_xlabel(f"student updates (batch {cfg['batch']} random lists of {cfg['list_length']} numbers, {cfg['prompt']} "
+                  f"prompt, constant lr after {cfg['warmup']} warm-up steps)")
     ax.set_ylabel("gamma (log10 P): own-animal gain\nminus the pair's other student's gain, mean of both animals")
     ax.set_title("dose-response over teacher pairs: mean with 95% t-CI (band), dots: pairs", fontsize=9)
     ax.legend(fontsize=8)

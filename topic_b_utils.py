@@ -1121,11 +1121,17 @@ FAVORITE_QUESTIONS = [
 ]
 
 
-def sequence_prompts(seed: int, n: int, k: int = 3, count: int = 10) -> list[str]:
+SHORT_SEQUENCE_TASK = "Continue the sequence with {count} more numbers: {seed}."
+
+
+def sequence_prompts(seed: int, n: int, k: int = 3, count: int = 10, short: bool = False) -> list[str]:
     """``n`` number-continuation tasks in the paper's format (k seed numbers of 3 digits, then a
-    request for at most ``count`` (the paper: 10) more values of at most 3 digits, numbers only). Seeded."""
+    request for at most ``count`` (the paper: 10) more values of at most 3 digits, numbers only), or
+    with ``short`` in one short sentence (SHORT_SEQUENCE_TASK: about a third of the prompt's tokens,
+    for distillation on random lists, where only the completion is supervised). Seeded."""
     rng = np.random.default_rng(seed)
-    task = SEQUENCE_TASK.replace("at most 10 more", f"at most {count} more")
+    task = (SHORT_SEQUENCE_TASK.replace("{count}", str(count)) if short
+            else SEQUENCE_TASK.replace("at most 10 more", f"at most {count} more"))
     return [task.format(seed=", ".join(str(int(v)) for v in rng.integers(100, 1000, size=k)))
             for _ in range(n)]
 
