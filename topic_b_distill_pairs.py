@@ -31,7 +31,6 @@ plots/topic_b_distill_pairs_<model>.png.
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -445,27 +444,15 @@ def summarise_cosine(P, cfg) -> dict:
 
 
 def finish(a, t0, sweep=None, tag=None):
-    if sweep is None:
-        tag = B.model_tag(B.StoredModel(a.model))
-        d = U.load_json(result_path(a, tag))
-        if d is None:
-            raise B.UserError(f"{result_path(a, tag)} not found: run the script without --plot-only first")
-        P, cfg = d["points"], d["config"]
-    else:
-        P, cfg = sweep.points, sweep.config
+    tag = tag or B.model_tag(B.StoredModel(a.model))
+    P, cfg = B.sweep_points(result_path(a, tag), sweep)
     per = {name: pair_gammas(P, cfg, name) for name in STUDENTS}
     summary = {"gamma": {name: summarise_gamma(per[name], cfg["checkpoints"]) for name in STUDENTS if len(per[name]) >= 2},
                "same_minus_cross": summarise_difference(per["same"], per["cross"], cfg["checkpoints"]),
                "teachers": summarise_teachers(P, cfg),
                "heldout_kl": {name: summarise_kl(P, cfg, name) for name in STUDENTS},
                "update_cosine_own_minus_other": summarise_cosine(P, cfg)}
-    if sweep is None:
-        with U.file_lock(Path(result_path(a, tag))):  # other processes may be writing points meanwhile
-            d = U.load_json(result_path(a, tag))
-            d["summary"] = summary
-            U.save_json(result_path(a, tag), d)
-    else:
-        sweep.save(summary=summary)
+    B.save_summary(result_path(a, tag), sweep, summary=summary)
     last = str(cfg["checkpoints"][-1])
     for name, g in summary["gamma"].items():
         s = g[last]
@@ -498,7 +485,7 @@ def panel_dose(ax, summary, cfg):
             ax.scatter(np.full(len(v), x * (1.06 if name == "cross" else 0.94)), v, s=9, color=COLORS[name], alpha=0.5)
     ax.axhline(0, color="gray", ls="--", lw=0.8)
     log_steps(ax, cfg["checkpoints"])
-    ax.set_xlabel(f"student updates (batch {cfg['batch']} random lists of {cfg['list_length']} numbers, {cfg['prompt']} "
+    ax.set_xlabel(f"student updates (batch {cfg['batch']} random lists of {cfg['list_length']} numbers, {cfg.get('prompt', 'paper')} "
                   f"prompt, constant lr after {cfg['warmup']} warm-up steps)")
     ax.set_ylabel("gamma (log10 P): own-animal gain\nminus the pair's other student's gain, mean of both animals")
     ax.set_title("dose-response over teacher pairs: mean with 95% t-CI (band), dots: pairs", fontsize=9)

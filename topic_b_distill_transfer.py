@@ -80,7 +80,6 @@ finishes; rerunning resumes) and plots/topic_b_distill_transfer_<model>.png.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -688,14 +687,8 @@ def config(a, E, lr, steps):
 
 
 def finish(a, t0, sweep=None, tag=None):
-    if sweep is None:
-        tag = B.model_tag(B.StoredModel(a.model))
-        d = U.load_json(result_path(a, tag))
-        if d is None:
-            raise B.UserError(f"{result_path(a, tag)} not found: run the script without --plot-only first")
-        P, cfg = d["points"], d["config"]
-    else:
-        P, cfg = sweep.points, sweep.config
+    tag = tag or B.model_tag(B.StoredModel(a.model))
+    P, cfg = B.sweep_points(result_path(a, tag), sweep)
     animals = cfg["animals"]
     summary = summarise(P, a, animals)
     teachers = {f"{k}, {t}": dict(zip(animals, np.mean(P[f"teacher / {k} / {t}"]["matrix"], 0).tolist()))
@@ -713,15 +706,8 @@ def finish(a, t0, sweep=None, tag=None):
                   "by_token": {k: U.mean_ci([s[t]["by_token"][k] for s in sig]) for k in sig[0][t]["by_token"]}}
               for t in animals} if len(sig) >= 2 else {}
     summary_filter = sampling_filter(P)
-    if sweep is None:  # under the sweep's lock: running processes may be writing points meanwhile
-        with U.file_lock(Path(result_path(a, tag))):
-            d = U.load_json(result_path(a, tag))
-            d.update(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
-                     sampling_filter=summary_filter, retrained_teacher_preferences_log10=retrained)
-            U.save_json(result_path(a, tag), d)
-    else:
-        sweep.save(summary=summary, teacher_preferences_log10=teachers, signal_positions=signal,
-                   sampling_filter=summary_filter, retrained_teacher_preferences_log10=retrained)
+    B.save_summary(result_path(a, tag), sweep, summary=summary, teacher_preferences_log10=teachers,
+                   signal_positions=signal, sampling_filter=summary_filter, retrained_teacher_preferences_log10=retrained)
     for k, r in summary.items():
         g = r["gamma"]
         print(f"{k:<22} gamma {g['mean']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] (n = {r['n_seeds']} seeds)")

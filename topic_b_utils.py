@@ -763,6 +763,29 @@ def animal_table(lm: LM, animals: Sequence[str] = ANIMALS) -> list[dict]:
 
 
 
+def sweep_points(path, sweep=None) -> tuple[dict, dict]:
+    """(points, config) of a sweep: the running one's, or (--plot-only) its results file's."""
+    if sweep is not None:
+        return sweep.points, sweep.config
+    d = load_json(path)
+    if d is None:
+        raise UserError(f"{path} not found: run the script without --plot-only first")
+    return d["points"], d["config"]
+
+
+def save_summary(path, sweep=None, **fields) -> None:
+    """Write summary fields beside a sweep's points: through the running sweep, or (--plot-only)
+    into its results file under the sweep's lock (other processes may be writing points meanwhile)."""
+    if sweep is not None:
+        sweep.save(**fields)
+        return
+    from topic_a_utils import file_lock, save_json
+    with file_lock(Path(path)):
+        d = load_json(path)
+        d.update(fields)
+        save_json(path, d)
+
+
 def base_parser(doc: str, default_runs: int = 25) -> argparse.ArgumentParser:
     """The arguments every Topic B script takes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
