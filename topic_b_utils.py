@@ -1539,7 +1539,7 @@ def _all_reduce_grads(params, world: int) -> None:
 
 def lr_multiplier(schedule: str, steps: int, warmup: int | None = None):
     """The lr factor of step s (0-based): "linear", warm-up over ``warmup`` steps (default 10% of
-    the steps) then linear decay to 1/(steps - warmup + 1) at the last step (``finetune_tokens``'s
+    the steps) then linear decay to 1/(steps - warmup) of the lr at the last step (``finetune_tokens``'s
     schedule); "constant", the same warm-up then the full lr to the end (every checkpoint a dose)."""
     warm = max(1, steps // 10) if warmup is None else max(1, warmup)
     if schedule == "linear":
