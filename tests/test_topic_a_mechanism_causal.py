@@ -1,0 +1,145 @@
+"""The step hook of the ensemble engine (topic_a_mechanism_causal.py): projections leave no
+component along their direction, freezing keeps blocks bit-identical, the trait gradient is
+autograd's, and a hook that changes nothing changes nothing."""
+import torch
+import torch.nn.functional as F
+
+import topic_a_utils as U
+
+SMALL = U.MLPConfig(n_in=20, hidden=(16, 12), n_classes=4, n_aux=3)
+R = 3
+
+
+def tiny_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 20, generator=g) * 2 - 1
+    return U.Dataset(x, (x @ torch.randn(20, 4, generator=g)).argmax(1))
+
+
+def setup_tiny():
+    data = tiny_data()
+    ref = U.Ensemble.init(SMALL, R, U.generator(0, "init"))
+    teacher = U.train_classifier(ref, U.RealImages(data, 0), U.TrainConfig(3, 1e-2, 32), progress=False)
+    upd = [t - r for t, r in zip(teacher.params(), ref.params())]
+    return data, ref, teacher, upd
+
+
+def distill(ref, teacher, hook, steps=4):
+    src = U.UniformNoise(0, n_per_epoch=64 * steps, n_in=20)
+    spec = U.StudentSpec("s", ref, SMALL.aux_idx, hook=hook)
+    return U.distill(teacher, [spec], src, U.TrainConfig(1, 1e-2, 64), progress=False)["s"]
+
+
+class Capture(U.StepHook):
+    """Wraps a hook and keeps the update it leaves, and the trait direction at that step."""
+
+    def __init__(self, inner, trait):
+        self.inner, self.trait, self.deltas, self.dirs = inner, trait, [], []
+
+    def __call__(self, step, model, before, delta, loss):
+        self.inner(step, model, before, delta, loss)
+        m0 = U.Ensemble(model.cfg, before[:model.n_layers], before[model.n_layers:])
+        self.dirs.append([-g for g in self.trait(m0)])
+        self.deltas.append([d.clone() for d in delta])
+
+    def restore(self, params, before):
+        self.inner.restore(params, before)
+
+
+def test_trait_gradient_equals_autograd():
+    data, ref, teacher, _ = setup_tiny()
+    trait = U.TraitGradient(data, 40, seed=1, n_classes=4)
+    got = trait(teacher)
+    m = teacher.clone().requires_grad_()
+    loss = sum(F.cross_entropy(m(trait.x)[r, :, :4], trait.y) for r in range(R))
+    ref_grads = torch.autograd.grad(loss, m.params())
+    for a, b in zip(got, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert got[-1].abs().sum() > 0  # the digit biases get a gradient ...
+    assert torch.all(got[2][:, 4:] == 0)  # ... the aux rows none (the loss is on digit logits)
+
+
+def test_projection_leaves_no_component_along_the_trait_gradient():
+    data, ref, teacher, upd = setup_tiny()
+    trait = U.TraitGradient(data, 64, seed=1, n_classes=4)
+    block = U.trainable_block(SMALL)
+    for project in ("trait always", "trait if aligned"):
+        cap = Capture(U.StepIntervention(SMALL, upd, trait, project=project), trait)
+        distill(ref, teacher, cap)
+        assert len(cap.deltas) == 4
+        for d, g in zip(cap.deltas, cap.dirs):
+            dot = U.block_dot(d, g, block)
+            assert torch.all(dot.abs() < 1e-6), dot
+            if project == "trait always":  # relative to the sizes too
+                cos = U.block_cos(d, g, block)
+                assert torch.all(cos.abs() < 1e-5), cos
+            assert U.block_dot(d, d, block).min() > 0  # the rest of the step is still there
+
+
+def test_project_out_on_large_vectors():
+    g = torch.Generator().manual_seed(3)
+    a = [torch.randn(R, 50, 40, generator=g), torch.randn(R, 50, generator=g)]
+    d = [torch.randn(R, 50, 40, generator=g), torch.randn(R, 50, generator=g)]
+    block = [(0, None), (1, None)]
+    before = U.block_dot(a, d, block)
+    coef = U.project_out(a, d, block, mask=torch.tensor([True, False, True]))
+    after = U.block_dot(a, d, block)
+    assert abs(after[0]) < 1e-6 * before.abs().max() * 10 and abs(after[2]) < 1e-4
+    assert after[1] == before[1] and coef[1] == 0  # masked-off run untouched
+
+
+def test_freezing_keeps_blocks_bit_identical():
+    _, ref, teacher, upd = setup_tiny()
+    for train in (("W1", "b1"), ("aux",), ("W0", "b0", "W1", "b1")):
+        hook = U.StepIntervention(SMALL, upd, None, train=train)
+        s = distill(ref, teacher, hook)
+        for name, block in U.param_blocks(SMALL).items():
+            for (i, rows) in block:
+                a, b = s.params()[i], ref.params()[i]
+                a, b = (a, b) if rows is None else (a[:, rows], b[:, rows])
+                if name in train:
+                    assert not torch.equal(a, b), name
+                else:
+                    assert torch.equal(a, b), (train, name)
+
+
+def test_keep_only_follows_the_teacher_direction():
+    data, ref, teacher, upd = setup_tiny()
+    trait = U.TraitGradient(data, 64, seed=1, n_classes=4)
+    cap = Capture(U.StepIntervention(SMALL, upd, None, project="keep teacher direction"), trait)
+    distill(ref, teacher, cap)
+    for name, block in U.param_blocks(SMALL).items():
+        if name in ("aux", "digit"):
+            continue
+        for d in cap.deltas:
+            cos = U.block_cos(d, upd, block)
+            assert torch.all((cos.abs() - 1).abs() < 1e-4), (name, cos)
+
+
+def test_random_control_removes_the_same_share():
+    data, ref, teacher, upd = setup_tiny()
+    trait = U.TraitGradient(data, 64, seed=1, n_classes=4)
+    hook = U.StepIntervention(SMALL, upd, trait, project="random if aligned")
+    g = torch.Generator().manual_seed(5)
+    delta = [torch.randn(p.shape, generator=g) for p in ref.params()]
+    cos = torch.tensor([0.3, 0.0, 0.9], dtype=torch.float64)
+    r = hook._random_like(delta, cos)
+    block = U.trainable_block(SMALL)
+    torch.testing.assert_close(U.block_cos(r, delta, block), cos, atol=1e-5, rtol=0)
+    for i, rows in U.param_blocks(SMALL)["digit"]:
+        assert torch.all(r[i][:, rows] == 0)
+
+
+def test_hook_without_intervention_changes_nothing_and_tracks():
+    data, ref, teacher, upd = setup_tiny()
+    trait = U.TraitGradient(data, 64, seed=1, n_classes=4)
+    plain = distill(ref, teacher, None)
+    hook = U.StepIntervention(SMALL, upd, trait, track_steps=lambda s: s % 2 == 1)
+    hooked = distill(ref, teacher, hook)
+    for a, b in zip(plain.params(), hooked.params()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert len(hook.loss) == 4 and len(hook.track) == 2
+    rec = hook.track[0]
+    assert rec["step"] == 1 and len(rec["teacher_cos/W0"]) == R
+    assert all(abs(c) <= 1 for c in rec["trait_cos/trainable"])
+    assert all(c != c for c in rec["teacher_cos/aux"])  # the teacher never moves its aux rows: undefined
