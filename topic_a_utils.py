@@ -1119,10 +1119,10 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
                     train_step(m, x, grad_fn, opt)
                     with torch.no_grad():
                         delta = [p - b for p, b in zip(m.params(), before)]
-                        hook(step, m, before, delta, seen["loss"])
-                        for p, b, d in zip(m.params(), before, delta):
-                            p.copy_(b).add_(d)
-                        hook.restore(m.params(), before)  # frozen blocks: copied back, bit-identical
+                        if hook(step, m, before, delta, seen["loss"]):  # it changed the update
+                            for p, b, d in zip(m.params(), before, delta):
+                                p.copy_(b).add_(d)
+                            hook.restore(m.params(), before)  # frozen blocks: copied back, bit-identical
                 bar.update(1)
             if callback is not None:
                 callback(ep, {name: m for name, m, *_ in states})
@@ -1231,12 +1231,13 @@ class TraitGradient:
 class StepHook:
     """Called by ``distill`` after each optimizer step of one student with (step, model, params
     before the step, delta = the update Adam applied, each run's batch distillation loss before the
-    step); it may change delta in place (the engine then sets params = before + delta) and
-    ``restore`` copies blocks that must not move back from before, bit-identical."""
+    step); it may change delta in place and return True, and the engine then sets
+    params = before + delta and calls ``restore``, which copies blocks that must not move back from
+    before, bit-identical (a hook that returns False leaves the step exactly as Adam made it)."""
 
     def __call__(self, step: int, model: Ensemble, before: list[torch.Tensor], delta: list[torch.Tensor],
-                 loss: torch.Tensor) -> None:
-        pass
+                 loss: torch.Tensor) -> bool:
+        return False
 
     def restore(self, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         pass
@@ -1331,6 +1332,7 @@ class StepIntervention(StepHook):
                 if g is not None:
                     rec[f"trait_cos/{name}"] = block_cos(delta, g, block).tolist()
             self.track.append(rec)
+        return bool(self.frozen or self.project)
 
     def _random_like(self, delta, cos):
         """Per run, a direction over the trainable block with cosine ``cos`` to delta, otherwise
