@@ -48,8 +48,8 @@ CONDITIONS = {
     "aux rows frozen": {"train": ("W0", "b0", "W1", "b1")},
     "keep teacher direction": {"project": "keep teacher direction"},
     "trait projected out (if aligned)": {"project": "trait if aligned"},
-    "trait projected out (always)": {"project": "trait always"},
     "random direction projected out (if aligned)": {"project": "random if aligned"},
+    "trait projected out (always)": {"project": "trait always"},
 }
 # name -> the blocks of the plain student's change added to the init (no training)
 TRANSPLANTS = {
@@ -66,10 +66,11 @@ def parse_args(argv=None):
     g = p.add_argument_group("topic_a_mechanism_causal.py")
     g.add_argument("--conditions", default=",".join(CONDITIONS),
                    help="comma-separated rows of CONDITIONS to run (default all; 'plain' always runs first)")
-    g.add_argument("--trait-images", type=U.positive_int, default=2048,
-                   help="MNIST training images (a fixed random subset) for the trait gradient (default 2048)")
+    g.add_argument("--trait-images", type=U.positive_int, default=1024,
+                   help="MNIST training images (a fixed random subset) for the trait gradient (default 1024: it is "
+                        "computed at every step of the projection conditions, and costs about one distillation step)")
     g.add_argument("--track-first", type=int, default=20, help="record the alignment at each of the first N steps (default 20)")
-    g.add_argument("--track-every", type=U.positive_int, default=5, help="... and every N steps after (default 5)")
+    g.add_argument("--track-every", type=U.positive_int, default=10, help="... and every N steps after (default 10)")
     g.add_argument("--n-eval-noise", type=U.positive_int, default=4096,
                    help="held-out uniform-noise inputs for the final distillation loss (default 4096)")
     g.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
@@ -244,7 +245,7 @@ def plot(res, a):
     ax_x = fig.add_subplot(gs[1, 2])
     blocks = [("W0", "C0"), ("W1", "C1"), ("b0", "C2"), ("b1", "C4"), ("trainable", "black")]
     for ax, kind, title in ((ax_t, "teacher_cos", "(a) Cosine of each step's update with the teacher's update\n(teacher - init), per matrix"),
-                            (ax_g, "trait_cos", "(b) Cosine of each step's update with the trait direction\n(- gradient of digit cross-entropy, 2,048 fixed MNIST train images)")):
+                            (ax_g, "trait_cos", f"(b) Cosine of each step's update with the trait direction\n(- gradient of digit cross-entropy on {res['config']['trait_images']:,} fixed MNIST train images)")):
         for s, ls in (("same init", "-"), ("cross-model", "--")):
             tr = pts["plain"][s]["track"]
             steps = [t["step"] for t in tr]
