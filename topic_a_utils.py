@@ -1052,14 +1052,14 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
             tc: TrainConfig, kind: str = "kl", temperature: float = 1.0,
             reduction: str = "per_run_mean", progress: bool = True,
             callback: Callable[[int, dict], None] | None = None,
-            schedule: str = "constant") -> dict[str, Ensemble]:
+            schedule: str = "constant", max_steps: int | None = None) -> dict[str, Ensemble]:
     """Distill the teacher into several student ensembles at once.
 
     For each batch the source yields inputs x (R, B, n_in), run r's inputs. The teacher runs once
     on x and its logits serve every student (run r of each student matches teacher run r on x[r]).
     Each student has its own Adam. ``callback(epoch, models)`` is called after each epoch.
     ``schedule``: "constant" learning rate tc.lr, or "cosine" (tc.lr decayed to 0 over the run,
-    per step).
+    per step). ``max_steps``: stop after that many steps (the first steps of the full run, exactly).
     """
     R = teacher.n_runs
     _reduction_scale(reduction, 1, 1)  # validate early
@@ -1089,6 +1089,8 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
     with _progress(total, "distill", progress) as bar:
         for ep in range(tc.epochs):
             for x, _ in source.epoch(ep, R, tc.batch_size, teacher.device):
+                if max_steps is not None and step >= max_steps:
+                    break
                 if schedule == "cosine":
                     for _, _, opt, *_ in states:
                         for group in opt.param_groups:
@@ -1124,6 +1126,8 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
                                 p.copy_(b).add_(d)
                             hook.restore(m.params(), before)  # frozen blocks: copied back, bit-identical
                 bar.update(1)
+            if max_steps is not None and step >= max_steps:
+                break
             if callback is not None:
                 callback(ep, {name: m for name, m, *_ in states})
     return {name: _detach(m) for name, m, *_ in states}
@@ -1241,6 +1245,27 @@ class StepHook:
 
     def restore(self, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         pass
+
+
+class EarlyAlignment(StepHook):
+    """Records, at the given steps, the cosine of the student's total change so far (params - its
+    init) with the teacher's update (teacher - its init), per hidden-layer block and over all hidden
+    layers ("hidden"), per run. Changes nothing."""
+
+    def __init__(self, cfg: MLPConfig, init: Ensemble, teacher_update: list[torch.Tensor], steps: Sequence[int]):
+        self.init = [p.detach().clone() for p in init.params()]
+        self.teacher_update, self.steps = teacher_update, set(steps)
+        blocks = {n: b for n, b in param_blocks(cfg).items() if n not in ("aux", "digit")}
+        L = len(cfg.sizes) - 1
+        self.blocks = {**blocks, "first hidden W": blocks["W0"], "last hidden W": blocks[f"W{L - 2}"],
+                       "hidden": [part for b in blocks.values() for part in b]}
+        self.cos: dict[int, dict[str, list[float]]] = {}
+
+    def __call__(self, step, model, before, delta, loss):
+        if step in self.steps:
+            change = [p - i for p, i in zip(model.params(), self.init)]
+            self.cos[step] = {n: block_cos(change, self.teacher_update, b).tolist() for n, b in self.blocks.items()}
+        return False
 
 
 PROJECTIONS = (None, "trait if aligned", "trait always", "random if aligned", "keep teacher direction")
