@@ -510,7 +510,7 @@ def plot(res, a):
     ax_t, ax_g, ax_l = (fig.add_subplot(gs[0, k]) for k in range(3))
     ax_b = fig.add_subplot(gs[1, :2])
     ax_x = fig.add_subplot(gs[1, 2])
-    blocks = [("W0", "C0"), ("W1", "C1"), ("b0", "C2"), ("b1", "C4"), ("trainable", "black")]
+    blocks = [("W0", "C0"), ("W1", "C1"), ("trainable", "black")]  # b0, b1 are in the JSON (noisier, small)
     for ax, kind, title in ((ax_t, "teacher_cos", "(a) Cosine of each step's update with the teacher's update\n(teacher - init), per matrix"),
                             (ax_g, "trait_cos", f"(b) Cosine of each step's update with the trait direction\n(- gradient of digit cross-entropy on {res['config']['trait_images']:,} fixed MNIST train images)")):
         for s, ls in (("same init", "-"), ("cross-model", "--")):
@@ -530,7 +530,7 @@ def plot(res, a):
         ax.set_xlabel("distillation step (batch of 1024 uniform-noise images)")
         ax.set_ylabel("cosine")
         ax.set_title(f"{title}\nplain aux-only student; lines: mean, bands: 95% t-CI; {n}", fontsize=9.5)
-        ax.legend(fontsize=7, ncol=2, loc="best")
+        ax.legend(fontsize=7.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
         ax.grid(alpha=0.3)
     # training loss curves
     for name, col in (("plain", "black"), ("trait projected out (if aligned)", "C3"),
@@ -547,7 +547,7 @@ def plot(res, a):
     ax_l.set_yscale("log")
     ax_l.set_xlabel("distillation step")
     ax_l.set_ylabel("KL on the 3 aux logits (training batch, mean of 5 steps)")
-    ax_l.set_title(f"(c) Does the intervention slow distillation? Same-init students\nlines: mean, bands: 95% t-CI; {n_c}", fontsize=9.5)
+    ax_l.set_title(f"(c) Does the intervention slow distillation? Same-init students\nlines: mean, bands: 95% t-CI; n = {n_int} runs", fontsize=9.5)
     ax_l.legend(fontsize=7.5)
     ax_l.grid(alpha=0.3)
     # paired differences: interventions and transplants
@@ -561,8 +561,9 @@ def plot(res, a):
         m = np.array([r[j]["mean"] for r in rows])
         e = np.array([r[j]["half_width"] for r in rows])
         ax_b.barh(ys + off, m, height=0.34, xerr=e, color=col, alpha=0.75, capsize=3, label=lab)
+        pad = 0.01 * max(abs(r[k]["mean"]) + r[k]["half_width"] for r in rows for k in (1, 2))
         for y, mm, ee in zip(ys + off, m, e):
-            ax_b.text(mm + (ee + 0.01 if mm >= 0 else -ee - 0.01), y, f"{mm:+.3f}", va="center",
+            ax_b.text(mm + (ee + pad if mm >= 0 else -ee - pad), y, f"{mm:+.3f}", va="center",
                       ha="left" if mm >= 0 else "right", fontsize=7.5)
     ax_b.set_yticks(ys)
     ax_b.set_yticklabels([r[0] for r in rows], fontsize=8.5)
@@ -594,8 +595,8 @@ def plot(res, a):
     ax_x.set_title("(e) Accuracy of each condition\nbars: mean, 95% t-CI; n per row in its label", fontsize=9.5)
     ax_x.legend(fontsize=7.5, loc="lower right")
     fig.suptitle("Which matrices carry the digits? MLP 784-256-256-(10+3), KL on 3 aux logits of uniform noise, "
-                 f"5 epochs x 59 steps; every intervention on the update Adam applied; plain student {n}, "
-                 f"interventions {n_c}", fontsize=12)
+                 "5 epochs x 59 steps; every intervention acts on the update Adam applied\n"
+                 f"plain student and transplants: {n}; interventions: {n_c}", fontsize=12)
     fig.tight_layout()
     U.save_fig(fig, f"{a.plots_dir}/topic_a_mechanism_causal.png")
     print(f"wrote {a.plots_dir}/topic_a_mechanism_causal.png")

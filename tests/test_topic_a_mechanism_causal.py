@@ -144,3 +144,23 @@ def test_hook_without_intervention_changes_nothing_and_tracks():
     assert rec["step"] == 1 and len(rec["teacher_cos/W0"]) == R
     assert all(abs(c) <= 1 for c in rec["trait_cos/trainable"])
     assert all(c != c for c in rec["teacher_cos/aux"])  # the teacher never moves its aux rows: undefined
+
+
+def test_max_steps_and_early_alignment():
+    """distill(max_steps=k) is the first k steps of the full run, and EarlyAlignment's cosine is
+    that of the student's change so far with the teacher's update."""
+    _, ref, teacher, upd = setup_tiny()
+    hook = U.EarlyAlignment(SMALL, ref, upd, steps=[1, 2])
+    src = U.UniformNoise(0, n_per_epoch=64 * 4, n_in=20)
+    early = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx, hook=hook)], src, U.TrainConfig(1, 1e-2, 64),
+                      progress=False, max_steps=2)["s"]
+    assert sorted(hook.cos) == [1, 2]
+    change = [p - r for p, r in zip(early.params(), ref.params())]
+    blocks = U.param_blocks(SMALL)
+    torch.testing.assert_close(torch.tensor(hook.cos[2]["W1"]), U.block_cos(change, upd, blocks["W1"]).float(),
+                               rtol=0, atol=1e-6)
+    # the same two steps, run by hand as a 2-step source
+    two = U.distill(teacher, [U.StudentSpec("s", ref, SMALL.aux_idx)], U.UniformNoise(0, 64 * 2, n_in=20),
+                    U.TrainConfig(1, 1e-2, 64), progress=False)["s"]
+    for a, b in zip(early.params(), two.params()):
+        assert torch.equal(a, b)
