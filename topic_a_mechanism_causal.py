@@ -506,7 +506,7 @@ def plot(res, a):
     n_int = min(len(pts[k]["same init"]["acc"]) for k in pts)
     n_c = n if n_int == res["provenance"]["n_runs"] else f"n = {n_int} runs (the first {n_int} of the plain student's)"
     fig = plt.figure(figsize=(20, 12))
-    gs = fig.add_gridspec(2, 3)
+    gs = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.1])
     ax_t, ax_g, ax_l = (fig.add_subplot(gs[0, k]) for k in range(3))
     ax_b = fig.add_subplot(gs[1, :2])
     ax_x = fig.add_subplot(gs[1, 2])
@@ -547,8 +547,18 @@ def plot(res, a):
     ax_l.set_yscale("log")
     ax_l.set_xlabel("distillation step")
     ax_l.set_ylabel("KL on the 3 aux logits (training batch, mean of 5 steps)")
-    ax_l.set_title(f"(c) Does the intervention slow distillation? Same-init students\nlines: mean, bands: 95% t-CI; n = {n_int} runs", fontsize=9.5)
-    ax_l.legend(fontsize=7.5)
+    ax_l.set_title(f"(c) Does the intervention slow distillation?\nsame-init students; lines: mean, bands: 95% t-CI; n = {n_int} runs",
+                   fontsize=9.5)
+    ax_l.legend(fontsize=7.5, loc="upper right")
+    lines = [f"final KL on 4,096 held-out noise inputs:\nplain {summ['conditions']['plain']['same init']['heldout_loss']['mean']:.1e}; "
+             "minus plain [95% t-CI]:"]
+    for name in summ["conditions"]:
+        if name != "plain" and (name.startswith(("trait", "random", "keep"))):
+            d = summ["conditions"][name]["same init"]["heldout_loss_minus_plain"]
+            short = name.replace(" projected out", "").replace(" direction", "").replace("keep teacher direction", "keep-only")
+            lines.append(f"{short}: {d['mean']:+.1e}\n    [{d['ci_low']:+.1e}, {d['ci_high']:+.1e}]")
+    ax_l.text(0.02, 0.02, "\n".join(lines), transform=ax_l.transAxes, fontsize=7, va="bottom",
+              bbox=dict(facecolor="white", alpha=0.85, edgecolor="gray"))
     ax_l.grid(alpha=0.3)
     # paired differences: interventions and transplants
     rows = [(f"{k} (n = {v['same init']['n']})", v["same init"]["minus_plain"], v["cross-model"]["minus_plain"])
@@ -593,7 +603,7 @@ def plot(res, a):
     ax_x.set_xlim(0, 1)
     ax_x.set_xlabel("MNIST test accuracy")
     ax_x.set_title("(e) Accuracy of each condition\nbars: mean, 95% t-CI; n per row in its label", fontsize=9.5)
-    ax_x.legend(fontsize=7.5, loc="lower right")
+    ax_x.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.suptitle("Which matrices carry the digits? MLP 784-256-256-(10+3), KL on 3 aux logits of uniform noise, "
                  "5 epochs x 59 steps; every intervention acts on the update Adam applied\n"
                  f"plain student and transplants: {n}; interventions: {n_c}", fontsize=12)
