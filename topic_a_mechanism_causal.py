@@ -431,6 +431,7 @@ def summarize(points: dict, bound: np.ndarray) -> dict:
                       "minus_plain": U.paired_ci(acc, plain[s]["acc"][:n]),
                       "heldout_loss": U.mean_ci(pt[s]["heldout_loss"]),
                       "heldout_loss_minus_plain": U.paired_ci(pt[s]["heldout_loss"], plain[s]["heldout_loss"][:n]),
+                      "heldout_loss_over_plain": U.mean_ci(np.divide(pt[s]["heldout_loss"], plain[s]["heldout_loss"][:n])),
                       "digit_rows_bit_identical": int(sum(pt[s]["digit_rows_bit_identical"]))}
             if "removed_share" in pt[s]:
                 row[s]["removed_share"] = U.mean_ci(pt[s]["removed_share"])
