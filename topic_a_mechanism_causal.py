@@ -448,15 +448,17 @@ def summarize(points: dict, bound: np.ndarray) -> dict:
             if key == "step" or not np.isfinite(tr[0][key]).any():
                 continue
             v = np.array([t[key] for t in tr], dtype=float)  # (steps, runs)
-            al[key] = {"mean_over_steps": U.mean_ci(v.mean(0)), "first_step": U.mean_ci(v[0]),
+            kind, block = key.split("/")
+            al.setdefault(kind, {})[block] = {"mean_over_steps": U.mean_ci(v.mean(0)), "first_step": U.mean_ci(v[0]),
                        "last_step": U.mean_ci(v[-1]), "share_of_steps_positive": U.mean_ci((v > 0).mean(0)),
                        "first_20_steps": U.mean_ci(v[:20].mean(0))}
         summ["alignment"][s] = al
         # same minus cross-model, run by run
     summ["alignment"]["same minus cross-model"] = {
-        key: U.paired_ci(np.array([t[key] for t in plain["same init"]["track"]]).mean(0),
-                         np.array([t[key] for t in plain["cross-model"]["track"]]).mean(0))
-        for key in summ["alignment"]["same init"]}
+        kind: {block: U.paired_ci(np.array([t[f"{kind}/{block}"] for t in plain["same init"]["track"]]).mean(0),
+                                  np.array([t[f"{kind}/{block}"] for t in plain["cross-model"]["track"]]).mean(0))
+               for block in blocks}
+        for kind, blocks in summ["alignment"]["same init"].items()}
     return summ
 
 
