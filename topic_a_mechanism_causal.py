@@ -392,7 +392,7 @@ def run_condition(name, S, ref, cross_init, teacher, trait, a) -> dict:
     for s, m in trained.items():
         h = hooks[s]
         loss = np.asarray(h.loss)  # (steps, runs)
-        w = 5
+        w = max(1, min(5, loss.shape[0]))  # windows of 5 steps (fewer in tiny runs)
         nw = loss.shape[0] // w
         rec = {
             "acc": m.accuracy(S.test).tolist(),

@@ -1,6 +1,7 @@
 """The step hook of the ensemble engine (topic_a_mechanism_causal.py): projections leave no
 component along their direction, freezing keeps blocks bit-identical, the trait gradient is
 autograd's, and a hook that changes nothing changes nothing."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -164,3 +165,51 @@ def test_max_steps_and_early_alignment():
                     U.TrainConfig(1, 1e-2, 64), progress=False)["s"]
     for a, b in zip(early.params(), two.params()):
         assert torch.equal(a, b)
+
+
+TINY = ["--runs", "3", "--n-train", "1024", "--n-test", "300", "--teacher-epochs", "1", "--student-epochs", "1",
+        "--batch-size", "256", "--no-progress", "--no-cache"]
+
+
+def run_script(args):
+    import subprocess
+    import sys
+    from conftest import REPO
+    return subprocess.run([sys.executable, str(REPO / "topic_a_mechanism_causal.py"), *args], capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_script_end_to_end_pairs_with_the_plain_students_first_runs_and_resumes(tmp_path, mnist_dir):
+    import json
+    import numpy as np
+    args = [*TINY, "--intervention-runs", "2", "--trait-images", "128", "--n-eval-noise", "256",
+            "--conditions", "train W1 only,trait projected out (if aligned)",
+            "--data-dir", mnist_dir, "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path)]
+    r = run_script(args)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "topic_a_mechanism_causal.json").read_text())
+    P, S = res["points"], res["summary"]["conditions"]
+    assert len(P["plain"]["same init"]["acc"]) == 3 and len(P["train W1 only"]["same init"]["acc"]) == 2
+    for name in ("train W1 only", "trait projected out (if aligned)"):
+        for s in ("same init", "cross-model"):
+            d = np.subtract(P[name][s]["acc"], P["plain"][s]["acc"][:2])
+            assert S[name][s]["minus_plain"]["mean"] == pytest.approx(d.mean())
+            assert all(P[name][s]["digit_rows_bit_identical"])
+    assert "trait_cos" in res["summary"]["alignment"]["same init"]
+    assert (tmp_path / "topic_a_mechanism_causal.png").stat().st_size > 10_000
+    r2 = run_script(args)
+    assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
+    assert run_script(["--conditions", "nonsense"]).returncode == 2
+
+
+def test_predictor_end_to_end(tmp_path, mnist_dir):
+    import json
+    args = [*TINY, "--study", "predictor", "--experiments", "A.4,A.14", "--early-steps", "2",
+            "--data-dir", mnist_dir, "--results-dir", str(tmp_path), "--plots-dir", str(tmp_path)]
+    r = run_script(args)
+    assert r.returncode == 0, r.stderr
+    an = json.loads((tmp_path / "topic_a_mechanism_causal_predictor.json").read_text())["analysis"]
+    assert len(an["table"]) == 13 + 5
+    assert an["form"]["block"] in ("first hidden W", "last hidden W", "hidden") and an["form"]["step"] in (1, 2)
+    assert -1 <= an["held_out"]["rho"] <= 1 and an["held_out"]["n"] == 5
+    assert (tmp_path / "topic_a_mechanism_causal_predictor.png").stat().st_size > 10_000
