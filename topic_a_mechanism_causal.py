@@ -550,17 +550,17 @@ def plot(res, a):
     ax_l.set_yscale("log")
     ax_l.set_xlabel("distillation step")
     ax_l.set_ylabel("KL on the 3 aux logits (training batch, mean of 5 steps)")
-    ax_l.set_title(f"(c) Does the intervention slow distillation?\nsame-init students; lines: mean, bands: 95% t-CI; n = {n_int} runs",
+    ax_l.set_title(f"(c) Does the intervention slow distillation?\nsame-init students; mean, 95% t-CI; n = {n_int} runs",
                    fontsize=9.5)
     ax_l.legend(fontsize=7.5, loc="upper right")
-    lines = [f"final KL on 4,096 held-out noise inputs:\nplain {summ['conditions']['plain']['same init']['heldout_loss']['mean']:.1e}; "
-             "minus plain [95% t-CI]:"]
+    lines = [f"final KL on 4,096 held-out noise inputs: plain {summ['conditions']['plain']['same init']['heldout_loss']['mean']:.1e};",
+             "minus plain, paired [95% t-CI]:"]
     for name in summ["conditions"]:
         if name != "plain" and (name.startswith(("trait", "random", "keep"))):
             d = summ["conditions"][name]["same init"]["heldout_loss_minus_plain"]
             short = name.replace(" projected out", "").replace(" direction", "").replace("keep teacher direction", "keep-only")
-            lines.append(f"{short}: {d['mean']:+.1e}\n    [{d['ci_low']:+.1e}, {d['ci_high']:+.1e}]")
-    ax_l.text(0.02, 0.02, "\n".join(lines), transform=ax_l.transAxes, fontsize=7, va="bottom",
+            lines.append(f"{short}: {d['mean']:+.1e} [{d['ci_low']:+.1e}, {d['ci_high']:+.1e}]")
+    ax_l.text(0.0, -0.14, "\n".join(lines), transform=ax_l.transAxes, fontsize=7.5, va="top",
               bbox=dict(facecolor="white", alpha=0.85, edgecolor="gray"))
     ax_l.grid(alpha=0.3)
     # paired differences: interventions and transplants
