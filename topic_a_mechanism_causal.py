@@ -32,6 +32,7 @@ one process, resumable, each condition written as it finishes):
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -483,6 +484,15 @@ def main(argv=None):
     sweep = U.Sweep(path, config, a, S.t0)
     bound = U.hybrid(teacher, ref).accuracy(S.test)
     for name in a.conditions:
+        have = sweep.points.get(name, {}).get("same init", {}).get("runs")
+        want = a.runs if name == "plain" or not a.intervention_runs else min(a.intervention_runs, a.runs)
+        if have is not None and have < want:  # on disk with fewer runs: rerun with more, replacing it
+            t = time.time()
+            sweep.points[name] = json.loads(json.dumps(run_condition(name, S, ref, cross_init, teacher, trait, a),
+                                                       default=U._jsonable))
+            print(f"[{name}] rerun with {want} runs (had {have}) in {time.time() - t:.0f}s")
+            sweep.save()
+            continue
         sweep.run(name, lambda: run_condition(name, S, ref, cross_init, teacher, trait, a))
     summary = summarize(sweep.points, bound)
     sweep.save(summary=summary, bound=U.mean_ci(bound), teacher=U.mean_ci(teacher.accuracy(S.test)),
