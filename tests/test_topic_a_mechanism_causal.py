@@ -200,6 +200,15 @@ def test_script_end_to_end_pairs_with_the_plain_students_first_runs_and_resumes(
     r2 = run_script(args)
     assert r2.returncode == 0 and "done in" not in r2.stdout and "on disk, reused" in r2.stdout
     assert run_script(["--conditions", "nonsense"]).returncode == 2
+    # asked for more runs than a condition on disk has: it is rerun with more and replaced
+    more = [a if a != "2" else "3" for a in args]  # --intervention-runs 3
+    more[more.index("--conditions") + 1] = "train W1 only"
+    r3 = run_script(more)
+    assert r3.returncode == 0 and "rerun with 3 runs (had 2)" in r3.stdout, r3.stderr
+    res3 = json.loads((tmp_path / "topic_a_mechanism_causal.json").read_text())
+    assert len(res3["points"]["train W1 only"]["same init"]["acc"]) == 3
+    assert res3["points"]["train W1 only"]["same init"]["acc"][:2] == P["train W1 only"]["same init"]["acc"]
+    assert res3["points"]["plain"] == P["plain"]
 
 
 def test_predictor_end_to_end(tmp_path, mnist_dir):
