@@ -525,7 +525,9 @@ def plot(res, a):
     summ = res["summary"]
     n = f"n = {res['provenance']['n_runs']} runs"
     n_int = min(len(pts[k]["same init"]["acc"]) for k in pts)
-    n_c = n if n_int == res["provenance"]["n_runs"] else f"n = {n_int} runs (the first {n_int} of the plain student's)"
+    ns = sorted({len(pts[k]["same init"]["acc"]) for k in pts if k != "plain"})
+    n_c = n if ns == [res["provenance"]["n_runs"]] else \
+        f"n per row ({' or '.join(map(str, ns))} runs; fewer than {res['provenance']['n_runs']}: the plain student's first runs)"
     fig = plt.figure(figsize=(20, 12))
     gs = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.1])
     ax_t, ax_g, ax_l = (fig.add_subplot(gs[0, k]) for k in range(3))
