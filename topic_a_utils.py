@@ -895,20 +895,34 @@ def train_step(model: Ensemble, x: torch.Tensor, grad_fn: Callable[[torch.Tensor
     gets zero gradient (a digit logit of an aux-only student) gives its weight rows an exact zero
     gradient, so Adam leaves them bit-identical. tests/test_engine.py checks it against autograd.
     """
-    logits, hidden = model.forward(x, return_hidden=True)
-    acts = [x, *hidden]
-    g = grad_fn(logits)
-    for l in range(model.n_layers - 1, -1, -1):
-        w, b = model.weights[l], model.biases[l]
-        torch.bmm(g.transpose(1, 2), acts[l], out=w.grad)
-        torch.sum(g, dim=1, out=b.grad)
-        if l > 0:
-            g = torch.bmm(g, w)
-            torch.ops.aten.threshold_backward.grad_input(g, acts[l], 0, grad_input=g)  # in place
+    backward(model, x, grad_fn, [*(w.grad for w in model.weights), *(b.grad for b in model.biases)])
     if frozen_rows is not None:  # output rows that must not move (their gradient still reached the body)
         model.weights[-1].grad[:, frozen_rows] = 0
         model.biases[-1].grad[:, frozen_rows] = 0
     opt.step()
+
+
+def backward(model: Ensemble, x: torch.Tensor, grad_fn: Callable[[torch.Tensor], torch.Tensor],
+             out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The hand-written backward pass of ``train_step``: d(loss)/d(params) in ``model.params()``
+    order [W0.., b0..], written into ``out`` (allocated when None) and returned. x is (R, B, n_in)
+    or (B, n_in) shared by every run; ``grad_fn(logits)`` gives d(loss)/d(logits)."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(model.n_runs, *x.shape)
+    if out is None:
+        out = [torch.empty_like(p) for p in model.params()]
+    L = model.n_layers
+    logits, hidden = model.forward(x, return_hidden=True)
+    acts = [x, *hidden]
+    g = grad_fn(logits)
+    for l in range(L - 1, -1, -1):
+        w = model.weights[l]
+        torch.bmm(g.transpose(1, 2), acts[l], out=out[l])
+        torch.sum(g, dim=1, out=out[L + l])
+        if l > 0:
+            g = torch.bmm(g, w)
+            torch.ops.aten.threshold_backward.grad_input(g, acts[l], 0, grad_input=g)  # in place
+    return out
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -982,6 +996,19 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kin
     return per_example.sum(dim=1).sum() * _reduction_scale(reduction, *per_example.shape)
 
 
+def distill_loss_per_run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "kl",
+                         temperature: float = 1.0) -> torch.Tensor:
+    """Each run's batch-mean distillation loss (R,), over the given (already selected) logits."""
+    with torch.no_grad():
+        s, t = student_logits.float(), teacher_logits.float()
+        if kind == "kl":
+            log_pt = torch.log_softmax(t / temperature, dim=-1)
+            per = (log_pt.exp() * (log_pt - torch.log_softmax(s / temperature, dim=-1))).sum(-1) * temperature ** 2
+        else:
+            per = ((s - t) ** 2).mean(-1)
+        return per.mean(1)
+
+
 def _reduction_scale(reduction: str, n_runs: int, batch: int) -> float:
     if reduction == "per_run_mean":
         return 1.0 / batch
@@ -1020,20 +1047,21 @@ class StudentSpec:
     init: Ensemble
     logit_idx: list[int]
     target_noise: float = 0.0  # Gaussian noise on the teacher logits it matches, x their std (prediction 7)
+    hook: "StepHook | None" = None  # sees (and may change) every update it makes (topic_a_mechanism_causal.py)
 
 
 def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSource,
             tc: TrainConfig, kind: str = "kl", temperature: float = 1.0,
             reduction: str = "per_run_mean", progress: bool = True,
             callback: Callable[[int, dict], None] | None = None,
-            schedule: str = "constant") -> dict[str, Ensemble]:
+            schedule: str = "constant", max_steps: int | None = None) -> dict[str, Ensemble]:
     """Distill the teacher into several student ensembles at once.
 
     For each batch the source yields inputs x (R, B, n_in), run r's inputs. The teacher runs once
     on x and its logits serve every student (run r of each student matches teacher run r on x[r]).
     Each student has its own Adam. ``callback(epoch, models)`` is called after each epoch.
     ``schedule``: "constant" learning rate tc.lr, or "cosine" (tc.lr decayed to 0 over the run,
-    per step).
+    per step). ``max_steps``: stop after that many steps (the first steps of the full run, exactly).
     """
     R = teacher.n_runs
     _reduction_scale(reduction, 1, 1)  # validate early
@@ -1047,6 +1075,7 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
         full = list(s.logit_idx) == list(range(m.cfg.n_out))
         li = None if full else torch.as_tensor(s.logit_idx, device=m.device)
         states.append((s.name, m, make_optimizer(m, tc.lr), li, s.target_noise))
+    hooks = {s.name: s.hook for s in students if s.hook is not None}
     if schedule not in ("constant", "cosine"):
         raise UserError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
     total = tc.epochs * source.n_batches(tc.batch_size)
@@ -1062,6 +1091,8 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
     with _progress(total, "distill", progress) as bar:
         for ep in range(tc.epochs):
             for x, _ in source.epoch(ep, R, tc.batch_size, teacher.device):
+                if max_steps is not None and step >= max_steps:
+                    break
                 if schedule == "cosine":
                     for _, _, opt, *_ in states:
                         for group in opt.param_groups:
@@ -1078,11 +1109,274 @@ def distill(teacher: Ensemble, students: Sequence[StudentSpec], source: InputSou
                             mask[li] = 1.0
                             eps = eps * mask
                         tl = t_logits + frac * sigma[name] * eps
-                    train_step(m, x, lambda z: distill_grad(z, tl, li, kind, temperature, reduction), opt)
+                    hook = hooks.get(name)
+                    if hook is None:
+                        train_step(m, x, lambda z: distill_grad(z, tl, li, kind, temperature, reduction), opt)
+                        continue
+                    before = [p.detach().clone() for p in m.params()]
+                    seen = {}
+
+                    def grad_fn(z, tl=tl, li=li):
+                        seen["loss"] = distill_loss_per_run(z if li is None else z[..., li],
+                                                            tl if li is None else tl[..., li], kind, temperature)
+                        return distill_grad(z, tl, li, kind, temperature, reduction)
+                    train_step(m, x, grad_fn, opt)
+                    with torch.no_grad():
+                        delta = [p - b for p, b in zip(m.params(), before)]
+                        if hook(step, m, before, delta, seen["loss"]):  # it changed the update
+                            for p, b, d in zip(m.params(), before, delta):
+                                p.copy_(b).add_(d)
+                            hook.restore(m.params(), before)  # frozen blocks: copied back, bit-identical
                 bar.update(1)
+            if max_steps is not None and step >= max_steps:
+                break
             if callback is not None:
                 callback(ep, {name: m for name, m, *_ in states})
     return {name: _detach(m) for name, m, *_ in states}
+
+
+# step hooks: what each distillation update does, per parameter block, and interventions on it
+#
+# A *block* is one matrix of the MLP, as a list of (index into Ensemble.params(), output rows):
+# W0, b0, W1, b1, ... (hidden layers), "aux" (the last layer's aux rows and their biases) and
+# "digit" (its digit rows and biases). Every operation below is per run: a run's vector over a
+# block is its entries of those tensors, flattened.
+
+Block = list  # [(param index, slice of output rows or None), ...]
+
+
+def param_blocks(cfg: MLPConfig) -> dict[str, Block]:
+    L = len(cfg.sizes) - 1
+    k = cfg.n_classes
+    out = {}
+    for l in range(L - 1):
+        out[f"W{l}"] = [(l, None)]
+        out[f"b{l}"] = [(L + l, None)]
+    out["aux"] = [(L - 1, slice(k, None)), (2 * L - 1, slice(k, None))]
+    out["digit"] = [(L - 1, slice(0, k)), (2 * L - 1, slice(0, k))]
+    return out
+
+
+def trainable_block(cfg: MLPConfig) -> Block:
+    """Everything an aux-only student trains (all but the digit rows), as one block."""
+    return [part for name, b in param_blocks(cfg).items() if name != "digit" for part in b]
+
+
+def _parts(tensors: Sequence[torch.Tensor], block: Block):
+    for i, rows in block:
+        t = tensors[i]
+        yield t if rows is None else t[:, rows]
+
+
+def block_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], block: Block) -> torch.Tensor:
+    """Per-run dot product (R,) of a and b (lists in params() order) over a block, in float64."""
+    return sum((x.double() * y.double()).flatten(1).sum(1) for x, y in zip(_parts(a, block), _parts(b, block)))
+
+
+def block_cos(a, b, block: Block) -> torch.Tensor:
+    """Per-run cosine over a block; NaN where either vector is zero (e.g. a never-moving block)."""
+    num = block_dot(a, b, block)
+    den = (block_dot(a, a, block) * block_dot(b, b, block)).sqrt()
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+
+
+def block_axpy(y: list[torch.Tensor], coef: torch.Tensor, x: Sequence[torch.Tensor], block: Block) -> None:
+    """y -= coef[r] * x over the block, per run, in place (coef: (R,), float64)."""
+    for (i, rows), xp in zip(block, _parts(x, block)):
+        c = coef.to(y[i].dtype).view(-1, *([1] * (xp.dim() - 1)))
+        if rows is None:
+            y[i].sub_(c * xp)
+        else:
+            y[i][:, rows] -= c * xp
+
+
+def project_out(delta: list[torch.Tensor], direction: Sequence[torch.Tensor], block: Block,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Remove from delta, per run, its component along ``direction`` over the block, in place:
+    delta <- delta - (delta.d / d.d) d, only for the runs where ``mask`` is True (all when None).
+    Returns the per-run coefficient removed (0 where masked off or d = 0)."""
+    dd = block_dot(direction, direction, block)
+    coef = torch.where(dd > 0, block_dot(delta, direction, block) / dd.clamp_min(1e-300), torch.zeros_like(dd))
+    if mask is not None:
+        coef = torch.where(mask, coef, torch.zeros_like(coef))
+    block_axpy(delta, coef, direction, block)
+    return coef
+
+
+def keep_only(delta: list[torch.Tensor], direction: Sequence[torch.Tensor], block: Block) -> None:
+    """Replace delta over the block by its projection onto ``direction``, per run, in place. Runs
+    whose direction is zero on the block keep their delta unchanged."""
+    dd = block_dot(direction, direction, block)
+    coef = block_dot(delta, direction, block) / dd.clamp_min(1e-300)
+    for (i, rows), dp in zip(block, _parts(direction, block)):
+        c = coef.to(delta[i].dtype).view(-1, *([1] * (dp.dim() - 1)))
+        keep = (dd > 0).view(-1, *([1] * (dp.dim() - 1)))
+        new = torch.where(keep, c * dp, delta[i] if rows is None else delta[i][:, rows])
+        if rows is None:
+            delta[i].copy_(new)
+        else:
+            delta[i][:, rows] = new
+
+
+class TraitGradient:
+    """The gradient of the teacher's own training loss (batch-mean digit cross-entropy on the class
+    logits) on a fixed random subset of ``n`` training images, at a model's current weights, per
+    run, in params() order. The same subset for every run and call (seeded)."""
+
+    def __init__(self, data: Dataset, n: int, seed: int, n_classes: int):
+        n = min(n, len(data))
+        idx = torch.randperm(len(data), generator=generator(seed, "trait subset"))[:n]
+        self.x, self.y, self.k = data.x[idx], data.y[idx], n_classes
+
+    def __call__(self, model: Ensemble) -> list[torch.Tensor]:
+        x, y = self.x.to(model.device), self.y.to(model.device)
+        with torch.no_grad():
+            return backward(model, x, lambda z: ce_grad(z, y.expand(z.shape[0], -1), self.k))
+
+
+class StepHook:
+    """Called by ``distill`` after each optimizer step of one student with (step, model, params
+    before the step, delta = the update Adam applied, each run's batch distillation loss before the
+    step); it may change delta in place and return True, and the engine then sets
+    params = before + delta and calls ``restore``, which copies blocks that must not move back from
+    before, bit-identical (a hook that returns False leaves the step exactly as Adam made it)."""
+
+    def __call__(self, step: int, model: Ensemble, before: list[torch.Tensor], delta: list[torch.Tensor],
+                 loss: torch.Tensor) -> bool:
+        return False
+
+    def restore(self, params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
+        pass
+
+
+class EarlyAlignment(StepHook):
+    """Records, at the given steps, the cosine of the student's total change so far (params - its
+    init) with the teacher's update (teacher - its init), per hidden-layer block and over all hidden
+    layers ("hidden"), per run. Changes nothing."""
+
+    def __init__(self, cfg: MLPConfig, init: Ensemble, teacher_update: list[torch.Tensor], steps: Sequence[int]):
+        self.init = [p.detach().clone() for p in init.params()]
+        self.teacher_update, self.steps = teacher_update, set(steps)
+        blocks = {n: b for n, b in param_blocks(cfg).items() if n not in ("aux", "digit")}
+        L = len(cfg.sizes) - 1
+        self.blocks = {**blocks, "first hidden W": blocks["W0"], "last hidden W": blocks[f"W{L - 2}"],
+                       "hidden": [part for b in blocks.values() for part in b]}
+        self.cos: dict[int, dict[str, list[float]]] = {}
+
+    def __call__(self, step, model, before, delta, loss):
+        if step in self.steps:
+            change = [p - i for p, i in zip(model.params(), self.init)]
+            self.cos[step] = {n: block_cos(change, self.teacher_update, b).tolist() for n, b in self.blocks.items()}
+        return False
+
+
+PROJECTIONS = (None, "trait if aligned", "trait always", "random if aligned", "keep teacher direction")
+
+
+class StepIntervention(StepHook):
+    """Records and intervenes on each update of an aux-only student.
+
+    Recording (at the steps in ``track_steps``; the loss at every step): per block (``blocks``, plus
+    "trainable" = all but the digit rows) the cosine of the applied update with (a) the teacher's
+    total update (teacher - init of the teacher) and (b) the trait descent direction, minus the
+    trait gradient at the student's weights before the step (positive = the step lowers the
+    teacher's digit loss, to first order).
+
+    Interventions, on the update Adam computed (not on the gradient):
+    * ``train``: blocks that move; every other block is frozen (restored bit-identical);
+    * ``project``: "trait if aligned" removes, per run and over all trainable parameters, the
+      update's component along the trait gradient when the update is aligned with the descent
+      direction (cosine > 0; the anchor's rule), "trait always" removes it at every step, "random if
+      aligned" removes at the same steps a component of the same norm along a random direction (a
+      random unit vector with the trait gradient's cosine to the update, so the same share of the
+      step goes), "keep teacher direction" replaces each block's update by its projection onto that
+      block's teacher update (blocks the teacher never moved, the aux rows, stay free).
+    """
+
+    def __init__(self, cfg: MLPConfig, teacher_update: list[torch.Tensor] | None = None,
+                 trait: TraitGradient | None = None, train: Sequence[str] | None = None,
+                 project: str | None = None, track_steps: Callable[[int], bool] | None = None,
+                 seed: int = 0):
+        if project not in PROJECTIONS:
+            raise UserError(f"unknown projection {project!r}; choose one of {PROJECTIONS[1:]}")
+        self.cfg, self.teacher_update, self.trait, self.project = cfg, teacher_update, trait, project
+        self.blocks = param_blocks(cfg)
+        if train is not None and set(train) - set(self.blocks):
+            raise UserError(f"unknown blocks {sorted(set(train) - set(self.blocks))}; have {sorted(self.blocks)}")
+        self.frozen = [] if train is None else [b for n, b in self.blocks.items() if n not in train and n != "digit"]
+        self.trainable = trainable_block(cfg)
+        self.track_steps = track_steps or (lambda step: False)
+        self.gen = generator(seed, "random projection")
+        if project and project.startswith(("trait", "random")) and trait is None:
+            raise UserError(f"projection {project!r} needs the trait gradient")
+        if (project == "keep teacher direction" or track_steps) and teacher_update is None:
+            raise UserError("keep-only and tracking need the teacher's update")
+        self.loss: list[list[float]] = []  # per step, per run
+        self.track: list[dict] = []
+        self.removed: list[list[float]] = []  # per step: |removed| / |update| per run
+
+    def restore(self, params, before):
+        for block in self.frozen:
+            for i, rows in block:
+                if rows is None:
+                    params[i].copy_(before[i])
+                else:
+                    params[i][:, rows] = before[i][:, rows]
+
+    def __call__(self, step, model, before, delta, loss):
+        self.loss.append(loss.tolist())
+        for block in self.frozen:
+            for i, rows in block:
+                (delta[i] if rows is None else delta[i][:, rows]).zero_()
+        tracked = self.track_steps(step)
+        need_trait = tracked or (self.project or "").startswith(("trait", "random"))
+        g = None
+        if need_trait and self.trait is not None:
+            m0 = Ensemble(model.cfg, before[:model.n_layers], before[model.n_layers:])
+            g = [-t for t in self.trait(m0)]  # the trait loss's descent direction at the weights before the step
+        norm0 = block_dot(delta, delta, self.trainable).sqrt()
+        if self.project in ("trait if aligned", "trait always", "random if aligned"):
+            cos = block_cos(delta, g, self.trainable)
+            mask = None if self.project == "trait always" else torch.nan_to_num(cos, nan=0.0) > 0
+            if self.project == "random if aligned":
+                direction = self._random_like(delta, cos.abs())
+            else:
+                direction = g
+            project_out(delta, direction, self.trainable, mask)
+        elif self.project == "keep teacher direction":
+            for name, block in self.blocks.items():
+                if name != "digit":
+                    keep_only(delta, self.teacher_update, block)
+        if self.project:
+            norm1 = block_dot(delta, delta, self.trainable).sqrt()
+            self.removed.append((1 - norm1 / norm0.clamp_min(1e-300)).tolist())  # share of the step's norm removed
+        if tracked:
+            rec = {"step": step}
+            for name, block in [*self.blocks.items(), ("trainable", self.trainable)]:
+                if name == "digit":
+                    continue
+                rec[f"teacher_cos/{name}"] = block_cos(delta, self.teacher_update, block).tolist()
+                if g is not None:
+                    rec[f"trait_cos/{name}"] = block_cos(delta, g, block).tolist()
+            self.track.append(rec)
+        return bool(self.frozen or self.project)
+
+    def _random_like(self, delta, cos):
+        """Per run, a direction over the trainable block with cosine ``cos`` to delta, otherwise
+        uniformly random (Gaussian, with its component along delta removed)."""
+        xi = [torch.randn(d.shape, generator=self.gen, device=self.gen.device).to(d.device) for d in delta]
+        for i, rows in self.blocks["digit"]:  # zero outside the trainable block
+            xi[i][:, rows] = 0
+        project_out(xi, delta, self.trainable)
+        nd = block_dot(delta, delta, self.trainable).sqrt().clamp_min(1e-300)
+        nx = block_dot(xi, xi, self.trainable).sqrt().clamp_min(1e-300)
+        c = cos.clamp(0, 1)
+        a, b = c / nd, (1 - c ** 2).sqrt() / nx
+        out = [a.to(d.dtype).view(-1, *([1] * (d.dim() - 1))) * d + b.to(d.dtype).view(-1, *([1] * (d.dim() - 1))) * x
+               for d, x in zip(delta, xi)]
+        for i, rows in self.blocks["digit"]:
+            out[i][:, rows] = 0
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
