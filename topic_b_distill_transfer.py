@@ -787,7 +787,7 @@ def plot(summary, teachers, cfg, path):
     ax.set_xlabel(f"distillation step (batch {cfg['batch']} sequences); in brackets: the share of the run's summed lr "
                   "spent by then (warm-up of one step, linear decay)")
     ax.set_ylabel("gamma (log10 P)")
-    ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds); it follows the lr schedule",
+    ax.set_title("dose-response: gamma along distillation (band: 95% t-CI over seeds); under a decaying lr it measures the schedule",
                  fontsize=9)
     ax.legend(fontsize=8, loc="best")
     ax = axes[1, 0]
