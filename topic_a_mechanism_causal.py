@@ -495,11 +495,8 @@ def main(argv=None):
         have = sweep.points.get(name, {}).get("same init", {}).get("runs")
         want = a.runs if name == "plain" or not a.intervention_runs else min(a.intervention_runs, a.runs)
         if have is not None and have < want:  # on disk with fewer runs: rerun with more, replacing it
-            t = time.time()
-            sweep.points[name] = json.loads(json.dumps(run_condition(name, S, ref, cross_init, teacher, trait, a),
-                                                       default=U._jsonable))
-            print(f"[{name}] rerun with {want} runs (had {have}) in {time.time() - t:.0f}s")
-            sweep.save()
+            sweep.replace(name, lambda: run_condition(name, S, ref, cross_init, teacher, trait, a),
+                          why=f"rerun with {want} runs (had {have})")
             continue
         sweep.run(name, lambda: run_condition(name, S, ref, cross_init, teacher, trait, a))
     summary = summarize(sweep.points, bound)

@@ -1532,9 +1532,12 @@ class Sweep:
 
     Several processes may share one file (e.g. one per --study family of the same command, each on
     its own core): every save merges, under a lock, the points other processes have written with
-    the same key, and a point another process has already finished is reused, not recomputed. The
-    last process to finish writes the complete summary; rerunning the command afterwards (all
-    points on disk, seconds) redraws summary and figure from everything.
+    the same key, and a point another process has already finished is reused, not recomputed. In
+    that merge the file wins for every point this process did not compute itself (what it read at
+    start may have been replaced since, e.g. a point rerun with more runs by ``replace`` in another
+    process), and this process's own points win over the file. The last process to finish writes
+    the complete summary; rerunning the command afterwards (all points on disk, seconds) redraws
+    summary and figure from everything.
 
     A process killed mid-point (even SIGKILL) loses only that point: every save is atomic, so the
     file always holds every point finished before. A corrupt file stops the sweep with one line
@@ -1544,6 +1547,7 @@ class Sweep:
         self.path, self.config, self.args, self.t0 = Path(path), config, args, t0
         self.key = config_key(config)
         self.points: dict = self._disk_points()
+        self.mine: set[str] = set()  # points this process computed: newer than the file's
         self.extra: dict = {}
 
     def _disk_points(self) -> dict:
@@ -1559,7 +1563,8 @@ class Sweep:
 
     def _merge_disk(self) -> None:
         for k, v in self._disk_points().items():
-            self.points.setdefault(k, v)
+            if k not in self.mine:
+                self.points[k] = v
 
     def run(self, name: str, fn: Callable[[], dict]) -> dict:
         if name not in self.points:
@@ -1568,9 +1573,14 @@ class Sweep:
         if name in self.points:
             print(f"[{name}] on disk, reused")
             return self.points[name]
+        return self.replace(name, fn)
+
+    def replace(self, name: str, fn: Callable[[], dict], why: str = "done") -> dict:
+        """Compute a point (again, even if it is on disk: e.g. with more runs) and save it."""
         t = time.time()
         self.points[name] = json.loads(json.dumps(fn(), default=_jsonable))
-        print(f"[{name}] done in {time.time() - t:.0f}s")
+        self.mine.add(name)
+        print(f"[{name}] {why} in {time.time() - t:.0f}s")
         self.save()
         return self.points[name]
 

@@ -438,3 +438,24 @@ def test_two_processes_sharing_a_sweep_keep_each_others_points(tmp_path):
     assert [json.loads(o[0].strip().splitlines()[-1]) for o in outs] == [{"w": 1}, {"w": 1}]
     assert len(list(tmp_path.glob("made_by_*"))) == 1  # one process made the entry, the other waited and read it
     assert not list(tmp_path.glob("*.tmp")) and not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_a_point_replaced_by_another_process_is_not_overwritten_by_a_stale_copy(tmp_path, capsys):
+    """topic_a_mechanism_causal.py split over two processes, each rerunning other conditions with more
+    runs: the process that saves last read the other's conditions at start, at their old run count,
+    and must not write those stale copies back over the reruns (it did, once: issue 27's rows)."""
+    args = types.SimpleNamespace(seed=0, runs=2, device="cpu")
+    path = tmp_path / "sweep.json"
+    first = U.Sweep(path, {"k": 1}, args, 0.0)
+    for name in ("x", "y"):
+        first.run(name, lambda name=name: {"runs": 10, "name": name})
+    a, b = U.Sweep(path, {"k": 1}, args, 0.0), U.Sweep(path, {"k": 1}, args, 0.0)  # both start from the 10-run file
+    b.replace("y", lambda: {"runs": 25, "name": "y"}, why="rerun with 25 runs (had 10)")
+    a.replace("x", lambda: {"runs": 25, "name": "x"}, why="rerun with 25 runs (had 10)")  # saves after b
+    a.save(summary="a's")
+    points = json.loads(path.read_text())["points"]
+    assert points == {"x": {"runs": 25, "name": "x"}, "y": {"runs": 25, "name": "y"}}
+    assert a.points == points  # what a summarises after its save includes b's rerun
+    b.save(summary="b's")  # and b, saving last, keeps a's rerun
+    assert json.loads(path.read_text())["points"] == points
+    assert "[y] rerun with 25 runs (had 10) in" in capsys.readouterr().out
