@@ -25,15 +25,14 @@ on every step (topic_a_utils ``StepIntervention``), each condition beside its cr
    teacher's update, after --early-steps steps, against the final aux-only accuracy as a fraction
    of the bound, over the conditions of the other Topic A experiments.
 
-Regenerate plots/topic_a_mechanism_causal.png and results/topic_a_mechanism_causal.json (resumable,
-each condition written as it finishes; the committed file: the plain student at 25 runs, the
-projections and keep-only on its first 10 runs, the four freezing rows rerun at 25):
+Regenerate plots/topic_a_mechanism_causal.png and results/topic_a_mechanism_causal.json (every
+condition at 25 runs; resumable, each condition written as it finishes; --conditions splits the
+table over two processes sharing the file, one per core):
 
-    python topic_a_mechanism_causal.py --runs 25 --intervention-runs 10
-    python topic_a_mechanism_causal.py --runs 25 --intervention-runs 25 \
-        --conditions "aux rows frozen,train W0 only,train W1 only,train aux rows only"
+    python topic_a_mechanism_causal.py --runs 25
 
-(all conditions at 25 runs: python topic_a_mechanism_causal.py --runs 25). The predictor, item 3
+(--intervention-runs N runs the interventions on the plain student's first N runs only; a later
+call with more reruns them, replacing them). The predictor, item 3
 (results/topic_a_mechanism_causal_predictor.json, plots/topic_a_mechanism_causal_predictor.png):
 
     python topic_a_mechanism_causal.py --study predictor --runs 3
