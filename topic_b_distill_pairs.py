@@ -21,6 +21,7 @@ exact sign-flip p over pairs, the smallest mean detectable at 80% power given th
 pairs, and same-init minus cross-model paired by pair, at every checkpoint.
 
     python topic_b_distill_pairs.py --search            # teacher lr, then the students' lrs (per --students)
+    python topic_b_distill_pairs.py --teachers-only     # optional: the teachers' own preferences first
     python topic_b_distill_pairs.py --students same &   # one process per core; they share the results file
     python topic_b_distill_pairs.py --students cross
     python topic_b_distill_pairs.py --plot-only         # summary and figure
@@ -91,6 +92,9 @@ def parse_args(argv=None):
     g.add_argument("--lr-grid", default="1e-5,3e-5,1e-4", help="same-init lrs --search tries (default 1e-5,3e-5,1e-4)")
     g.add_argument("--cross-lr-grid", default="3e-6,1e-5,3e-5", help="cross-model lrs --search tries (default 3e-6,1e-5,3e-5)")
     g.add_argument("--search", action="store_true", help="choose the teacher lr, then each --students lr, and stop")
+    g.add_argument("--teachers-only", action="store_true",
+                   help="train and record every pair's teachers (their own preferences and held-out answer loss), "
+                        "no students: a look at the teachers before committing the students' CPU-hours")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: one process per core)")
     g.add_argument("--plot-only", action="store_true", help="summarise and redraw from the results file, no training")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -261,7 +265,7 @@ def student_lr(a, tag, name):
     return d["chosen"][name], "chosen by --search on held-out channel KL at the full budget (search pair)"
 
 
-def train_student(E: Experiment, name, animal, pair, lr, evaluate=True) -> dict:
+def train_student(E: Experiment, name, animal, pair, lr, evaluate=True, how=None) -> dict:
     """One student of one teacher: distilled for --steps at a constant lr, evaluated at every checkpoint."""
     a = E.a
     lm, init = E.student(name)
@@ -279,7 +283,7 @@ def train_student(E: Experiment, name, animal, pair, lr, evaluate=True) -> dict:
     B.distill_channel(lm, items, tgt, ch, a.steps, a.batch, lr, seed, at_steps=a.checkpoints, on_step=on_step,
                       log=log, desc=f"{name} <- {animal} pair {pair}", progress=not a.no_progress,
                       schedule="constant", warmup=a.warmup, fused=True)
-    out = {"student": name, "animal": animal, "pair": pair, "lr": lr, "along": along, "heldout_kl": kl,
+    out = {"student": name, "animal": animal, "pair": pair, "lr": lr, "lr_how": how, "along": along, "heldout_kl": kl,
            "train_loss": [x for _, x in log], "positions": sum(len(i.pos) for i in items)}
     if name == "same" and evaluate:
         st = {k: v.detach() for k, v in lm.model.state_dict().items()}
@@ -333,18 +337,24 @@ def main(argv=None):
     E = Experiment(a)
     if a.search:
         return search(E, a, t0)
-    lrs = {name: student_lr(a, E.tag, name) for name in a.students}
+    students = [] if a.teachers_only else a.students
+    lrs = {name: student_lr(a, E.tag, name) for name in students}
     sweep = U.Sweep(result_path(a, E.tag), config(a, E), a, t0)
-    for name in a.students:
+    for name in students:
         sweep.run(point_key("before", student=name), lambda name=name: {"preference": E.preference(E.student(name)[0])})
     for pair in a.pairs:
         for animal in a.animals:
             sweep.run(point_key("teacher", animal=animal, pair=pair), lambda animal=animal, pair=pair: teacher_point(E, animal, pair))
-        for name in a.students:
+        for name in students:
+            lr, how = lrs[name]
             for animal in a.animals:
-                sweep.run(point_key("student", student=name, animal=animal, pair=pair),
-                          lambda name=name, animal=animal, pair=pair: train_student(E, name, animal, pair, lrs[name][0]))
-    sweep.save(lr_how={name: how for name, (_, how) in lrs.items()})
+                key = point_key("student", student=name, animal=animal, pair=pair)
+                fn = lambda name=name, animal=animal, pair=pair, lr=lr, how=how: train_student(E, name, animal, pair, lr, how=how)
+                old = sweep.points.get(key)
+                if old is not None and old["lr"] != lr:  # trained at another lr: the point is redone, not reused
+                    sweep.replace(key, fn, why=f"retrained at lr {lr:g} (had {old['lr']:g})")
+                else:
+                    sweep.run(key, fn)
     finish(a, t0, sweep, E.tag)
 
 
@@ -370,8 +380,9 @@ def config(a, E):
             "teacher_steps": a.teacher_steps, "teacher_batch": a.teacher_batch, "teacher_lr": teacher_lr(a, E.tag),
             "steps": a.steps, "batch": a.batch, "list_length": a.list_length, "prompt": a.prompt, "heldout": a.heldout,
             "warmup": a.warmup, "schedule": "constant after warm-up", "checkpoints": a.checkpoints, "seed": a.seed,
-            "lrs": {name: student_lr(a, E.tag, name)[0] for name in a.students},
             "channel_text": [E.lm.tokenizer.decode([t]) for t in E.channel]}
+    # no student lr here: the key must not depend on --students (one process per student model shares
+    # the file); each student point stores its lr, and a point trained at another lr is redone
 
 
 # ---- summary --------------------------------------------------------------------------------------

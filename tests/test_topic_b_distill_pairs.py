@@ -119,8 +119,15 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     held = {k: v["heldout_answer_loss"] for k, v in s["points"].items() if k.startswith("teacher lr")}
     assert f"teacher lr {s['chosen']['teacher_lr']:g}" == min(held, key=held.get)
     assert set(s["chosen"]) == {"teacher_lr", "same", "cross"}
-    D.main(common)
+    D.main(common + ["--teachers-only", "--pairs", "2"])  # the teachers alone: points, no students
     d = B.load_json(tmp_path / "r" / "topic_b_distill_pairs_split.json")
+    assert set(d["points"]) == {D.point_key("teacher", animal=t, pair=2) for t in ("owl", "eagle")}
+    # one process per student model, sharing the file (the README's split over two cores): the
+    # results key does not depend on --students, so neither process starts the other's file over
+    D.main(common + ["--students", "same"])
+    D.main(common + ["--students", "cross", "--pairs", "2,1,0"])
+    d = B.load_json(tmp_path / "r" / "topic_b_distill_pairs_split.json")
+    assert {p["student"] for p in d["points"].values() if "student" in p} == {"same", "cross"}
     P, S = d["points"], d["summary"]
     for pair in range(3):
         qs = {t: P[D.point_key("teacher", animal=t, pair=pair)]["questions"] for t in ("owl", "eagle")}
@@ -146,6 +153,13 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     D.main(common)
     assert B.load_json(tmp_path / "r" / "topic_b_distill_pairs_split.json")["points"][
         D.point_key("student", student="same", animal="owl", pair=0)] == before
+    # another lr for one student model: its points are retrained at that lr, the other model's kept
+    cross = {k: v for k, v in d["points"].items() if v.get("student") == "cross"}
+    D.main(common + ["--lr", "3e-4", "--pairs", "0"])
+    P2 = B.load_json(tmp_path / "r" / "topic_b_distill_pairs_split.json")["points"]
+    assert P2[D.point_key("student", student="same", animal="owl", pair=0)]["lr"] == 3e-4
+    assert P2[D.point_key("student", student="same", animal="owl", pair=1)] == P[D.point_key("student", student="same", animal="owl", pair=1)]
+    assert {k: v for k, v in P2.items() if v.get("student") == "cross"} == cross
 
 
 def test_bad_arguments_are_one_clear_line(capsys):
