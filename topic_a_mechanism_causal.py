@@ -282,14 +282,23 @@ def plot_predictor(res, a):
     b, st = an["form"]["block"], str(an["form"]["step"])
     fig, ax = plt.subplots(figsize=(10, 7))
     markers = dict(zip(EXPERIMENTS, "osD^vP*X"))
+    rows = predictor_rows()
     for e in EXPERIMENTS:
         pts = [t for t in an["table"] if t["experiment"] == e]
         if not pts:
             continue
         role = EXPERIMENTS[e][1]
+        runs = sorted({t["n_acc"] for t in pts})
+        epochs = {r["acc_path"][2] + 1 for r in rows if r["experiment"] == e and r["acc_path"][1] == "acc_by_epoch"}
+        at = f", after epoch {min(epochs)}" if epochs else ""
         ax.scatter([t["cos"][st][b] for t in pts], [t["fraction_of_bound"] for t in pts], marker=markers[e], s=45,
                    facecolors="none" if role == "held out" else None, edgecolors=f"C{list(EXPERIMENTS).index(e)}",
-                   color=f"C{list(EXPERIMENTS).index(e)}", label=f"{e} ({role}, {len(pts)} conditions)")
+                   color=f"C{list(EXPERIMENTS).index(e)}",
+                   label=f"{e} ({role}, {len(pts)} conditions; accuracy over {'/'.join(map(str, runs))} runs{at})")
+    never = [t for t in an["table"] if t.get("student_never_moved")]
+    if never:
+        ax.scatter([t["cos"][st][b] for t in never], [t["fraction_of_bound"] for t in never], marker="x", s=90, color="k",
+                   label=f"student never moved (a single aux logit under KL has no gradient): cosine counted as 0 ({len(never)})")
     f, h = an["form"]["form_set"], an.get("held_out")
     txt = f"form set (A.4-A.6): Spearman {f['rho']:+.2f} [{f['ci_low']:+.2f}, {f['ci_high']:+.2f}], n = {f['n']} conditions"
     if h:
@@ -298,7 +307,7 @@ def plot_predictor(res, a):
             bbox=dict(facecolor="white", alpha=0.8, edgecolor="gray"))
     ax.axhline(0, color="gray", ls="--", lw=1, label="chance")
     ax.set_xlabel(f"early predictor: cosine of the student's change after {st} steps with the teacher's update ({b}),\n"
-                  f"mean over {res['provenance']['n_runs']} reruns of each condition")
+                  f"mean over {res['provenance']['n_runs']} reruns of each condition (no interval drawn per point)")
     ax.set_ylabel("final aux-only accuracy as a fraction of the bound above chance\n(acc - 1/K) / (bound - 1/K), from each experiment's results")
     ax.set_title("Does the early update alignment predict how much transfers? One point per condition of the other "
                  "Topic A experiments\nfilled: the form-fixing set; open: held out", fontsize=10)
