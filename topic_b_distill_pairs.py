@@ -89,8 +89,10 @@ def parse_args(argv=None):
                    help="updates after which every student is evaluated (default 5,10,20,40,80,160,320)")
     g.add_argument("--lr", type=U.positive_float, default=None, help="same-init students' lr (default: searched)")
     g.add_argument("--cross-lr", type=U.positive_float, default=None, help="cross-model students' lr (default: searched)")
-    g.add_argument("--lr-grid", default="3e-6,1e-5,3e-5", help="same-init lrs --search tries (default 3e-6,1e-5,3e-5: '1e-5,3e-5,1e-4' put the lowest KL at 1e-5, the edge, so it was moved down and 1e-4 dropped)")
-    g.add_argument("--cross-lr-grid", default="3e-6,1e-5,3e-5", help="cross-model lrs --search tries (default 3e-6,1e-5,3e-5)")
+    g.add_argument("--lr-grid", default="1e-6,3e-6,1e-5,3e-5",
+                   help="same-init lrs --search tries (default 1e-6,3e-6,1e-5,3e-5: the first grid, 1e-5,3e-5,1e-4, put "
+                        "the lowest KL at its edge, so it was extended down, twice, and 1e-4 dropped)")
+    g.add_argument("--cross-lr-grid", default="3e-6,1e-5,3e-5,1e-4", help="cross-model lrs --search tries (default 3e-6,1e-5,3e-5,1e-4: 1e-4 added when the KL was still falling at 1e-5)")
     g.add_argument("--search", action="store_true", help="choose the teacher lr, then each --students lr, and stop")
     g.add_argument("--teachers-only", action="store_true",
                    help="train and record every pair's teachers (their own preferences and held-out answer loss), "
@@ -318,9 +320,12 @@ def search(E: Experiment, a, t0):
                       lambda lr=lr, name=name: train_student(E, name, animal, "search", lr, evaluate=False))
         res = {lr: sweep.points[student_search_key(a, name, lr)]["heldout_kl"][str(a.steps)] for lr in grid}
         with U.file_lock(Path(search_path(a, E.tag))):  # the other process may have chosen its own meanwhile
-            disk = (U.load_json(search_path(a, E.tag)) or {}).get("chosen", {})
-        chosen = {**disk, **chosen, name: min(res, key=res.get)}
-        sweep.save(chosen=chosen)
+            disk = U.load_json(search_path(a, E.tag)) or {}
+        chosen = {**disk.get("chosen", {}), **chosen, name: min(res, key=res.get)}
+        # per student model and lr (keys without "/", so WRITEUP can quote them): held-out KL at every checkpoint
+        table = {**disk.get("heldout_kl_by_lr", {}), **sweep.extra.get("heldout_kl_by_lr", {}),
+                 name: {f"{lr:g}": sweep.points[student_search_key(a, name, lr)]["heldout_kl"] for lr in grid}}
+        sweep.save(chosen=chosen, heldout_kl_by_lr=table)
         print(f"{name}: held-out KL after {a.steps} steps: " + ", ".join(f"lr {k:g} {v:.5f}" for k, v in res.items())
               + f" -> {chosen[name]:g}")
 

@@ -119,6 +119,9 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     held = {k: v["heldout_answer_loss"] for k, v in s["points"].items() if k.startswith("teacher lr")}
     assert f"teacher lr {s['chosen']['teacher_lr']:g}" == min(held, key=held.get)
     assert set(s["chosen"]) == {"teacher_lr", "same", "cross"}
+    kl = s["heldout_kl_by_lr"]
+    assert set(kl) == {"same", "cross"} and set(kl["same"]) == {"0.0001", "0.001"}
+    assert f"{s['chosen']['same']:g}" == min(kl["same"], key=lambda lr: kl["same"][lr]["4"])
     D.main(common + ["--teachers-only", "--pairs", "2"])  # the teachers alone: points, no students
     d = B.load_json(tmp_path / "r" / "topic_b_distill_pairs_split.json")
     assert set(d["points"]) == {D.point_key("teacher", animal=t, pair=2) for t in ("owl", "eagle")}
