@@ -92,7 +92,7 @@ def parse_args(argv=None):
     g.add_argument("--lr-grid", default="1e-6,3e-6,1e-5,3e-5",
                    help="same-init lrs --search tries (default 1e-6,3e-6,1e-5,3e-5: the first grid, 1e-5,3e-5,1e-4, put "
                         "the lowest KL at its edge, so it was extended down, twice, and 1e-4 dropped)")
-    g.add_argument("--cross-lr-grid", default="3e-6,1e-5,3e-5,1e-4", help="cross-model lrs --search tries (default 3e-6,1e-5,3e-5,1e-4: 1e-4 added when the KL was still falling at 1e-5)")
+    g.add_argument("--cross-lr-grid", default="3e-6,1e-5,3e-5", help="cross-model lrs --search tries (default 3e-6,1e-5,3e-5)")
     g.add_argument("--search", action="store_true", help="choose the teacher lr, then each --students lr, and stop")
     g.add_argument("--teachers-only", action="store_true",
                    help="train and record every pair's teachers (their own preferences and held-out answer loss), "
