@@ -39,8 +39,6 @@ call with more reruns them, replacing them). The predictor, item 3
 """
 from __future__ import annotations
 
-import json
-import time
 
 import numpy as np
 import torch
@@ -610,8 +608,8 @@ def plot(res, a):
     plain_acc = summ["conditions"]["plain"]["same init"]["acc"]["mean"]
     ax_b.axvline(0.1 - plain_acc, color="gray", ls="--", lw=1, label=f"chance (0.1) minus plain student ({plain_acc:.3f})")
     ax_b.set_xlabel("paired difference in MNIST test accuracy (same runs, inits and noise)")
-    ax_b.set_title(f"(d) What each intervention costs: paired difference against the plain student, with its cross-model control\n"
-                   f"bars: mean, error bars: 95% t-CI of the paired differences; n per row in its label", fontsize=9.5)
+    ax_b.set_title("(d) What each intervention costs: paired difference against the plain student, with its cross-model control\n"
+                   "bars: mean, error bars: 95% t-CI of the paired differences; n per row in its label", fontsize=9.5)
     ax_b.legend(fontsize=8, loc="lower left")
     ax_b.grid(alpha=0.3, axis="x")
     # accuracies

@@ -381,13 +381,13 @@ def search_path(a, tag):
 
 
 def config(a, E):
+    # No student lr here: the key must not depend on --students (one process per student model shares
+    # the file); each student point stores its lr, and a point trained at another lr is redone
     return {"model": E.lm.name, "cross_model": a.cross_model, "animals": a.animals, "questions": a.questions,
             "teacher_steps": a.teacher_steps, "teacher_batch": a.teacher_batch, "teacher_lr": teacher_lr(a, E.tag),
             "steps": a.steps, "batch": a.batch, "list_length": a.list_length, "prompt": a.prompt, "heldout": a.heldout,
             "warmup": a.warmup, "schedule": "constant after warm-up", "checkpoints": a.checkpoints, "seed": a.seed,
             "channel_text": [E.lm.tokenizer.decode([t]) for t in E.channel]}
-    # no student lr here: the key must not depend on --students (one process per student model shares
-    # the file); each student point stores its lr, and a point trained at another lr is redone
 
 
 # ---- summary --------------------------------------------------------------------------------------
