@@ -1535,8 +1535,9 @@ class Sweep:
     the same key, and a point another process has already finished is reused, not recomputed. In
     that merge the file wins for every point this process did not compute itself (what it read at
     start may have been replaced since, e.g. a point rerun with more runs by ``replace`` in another
-    process), and this process's own points win over the file. The last process to finish writes
-    the complete summary; rerunning the command afterwards (all points on disk, seconds) redraws
+    process), and this process's own points win over the file. Fields other than the points (a summary) are
+    kept from the file until this process sets its own, so a process starting a shared sweep never
+    drops the summary another wrote. The last process to finish writes the complete summary; rerunning the command afterwards (all points on disk, seconds) redraws
     summary and figure from everything.
 
     A process killed mid-point (even SIGKILL) loses only that point: every save is atomic, so the
@@ -1550,21 +1551,31 @@ class Sweep:
         self.mine: set[str] = set()  # points this process computed: newer than the file's
         self.extra: dict = {}
 
-    def _disk_points(self) -> dict:
+    _OWN = ("provenance", "key", "config", "points")
+
+    def _disk(self) -> dict:
+        """The file's content if it belongs to this sweep (same key), else {}."""
         old = load_json(self.path)
         if not old or old.get("key") != self.key:
             return {}
         if not isinstance(old.get("points"), dict):
             raise corrupt_results(self.path, "its sweep key matches but it has no 'points' object")
-        return old["points"]
+        return old
+
+    def _disk_points(self) -> dict:
+        return self._disk().get("points", {})
 
     def _lock(self):
         return file_lock(self.path)
 
-    def _merge_disk(self) -> None:
-        for k, v in self._disk_points().items():
+    def _merge_disk(self) -> dict:
+        """Take the file's points this process did not compute; return the file's other fields
+        (e.g. a summary another process wrote), which ``save`` keeps unless it sets them itself."""
+        old = self._disk()
+        for k, v in old.get("points", {}).items():
             if k not in self.mine:
                 self.points[k] = v
+        return {k: v for k, v in old.items() if k not in self._OWN}
 
     def run(self, name: str, fn: Callable[[], dict]) -> dict:
         if name not in self.points:
@@ -1587,9 +1598,9 @@ class Sweep:
     def save(self, **extra) -> None:
         self.extra.update(extra)
         with self._lock():
-            self._merge_disk()
+            extra = {**self._merge_disk(), **self.extra}
             save_json(self.path, {"provenance": provenance(self.args, self.t0), "key": self.key,
-                                  "config": self.config, "points": self.points, **self.extra})
+                                  "config": self.config, "points": self.points, **extra})
 
 
 def setup_teacher(S: "Setup", cfg: MLPConfig | None = None, train: Dataset | None = None,

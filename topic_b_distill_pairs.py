@@ -352,7 +352,10 @@ def main(argv=None):
             sweep.run(point_key("teacher", animal=animal, pair=pair), lambda animal=animal, pair=pair: teacher_point(E, animal, pair))
         for name in students:
             lr, how = lrs[name]
-            for animal in a.animals:
+            # a process training only cross-model students goes through the animals in reverse, so the
+            # two processes of the split (--students same / cross) build the pair's two teachers'
+            # targets at the same time instead of one waiting on the other's cache lock
+            for animal in (a.animals[::-1] if students == ["cross"] else a.animals):
                 key = point_key("student", student=name, animal=animal, pair=pair)
                 fn = lambda name=name, animal=animal, pair=pair, lr=lr, how=how: train_student(E, name, animal, pair, lr, how=how)
                 old = sweep.points.get(key)

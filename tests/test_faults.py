@@ -459,3 +459,23 @@ def test_a_point_replaced_by_another_process_is_not_overwritten_by_a_stale_copy(
     b.save(summary="b's")  # and b, saving last, keeps a's rerun
     assert json.loads(path.read_text())["points"] == points
     assert "[y] rerun with 25 runs (had 10) in" in capsys.readouterr().out
+
+
+def test_a_process_starting_a_shared_sweep_keeps_the_summary_another_wrote(tmp_path):
+    """B.7 pairs split over two processes (--students same / cross): the one that starts (or saves
+    a point) before its own finish must not drop the summary already in the file, which WRITEUP
+    quotes; once it writes its own summary, that one wins."""
+    args = types.SimpleNamespace(seed=0, runs=2, device="cpu")
+    path = tmp_path / "sweep.json"
+    done = U.Sweep(path, {"k": 1}, args, 0.0)
+    done.run("x", lambda: {"v": 1})
+    done.save(summary={"gamma": 0.5})
+    late = U.Sweep(path, {"k": 1}, args, 0.0)
+    late.run("y", lambda: {"v": 2})  # saves a point, no summary of its own yet
+    saved = json.loads(path.read_text())
+    assert saved["summary"] == {"gamma": 0.5} and set(saved["points"]) == {"x", "y"}
+    late.save(summary={"gamma": 0.7})
+    assert json.loads(path.read_text())["summary"] == {"gamma": 0.7}
+    other = U.Sweep(path, {"k": 2}, args, 0.0)  # another configuration starts over: nothing kept
+    other.run("z", lambda: {"v": 3})
+    assert "summary" not in json.loads(path.read_text())
