@@ -413,13 +413,17 @@ def pair_gammas(P, cfg, name) -> dict[int, dict[str, float]]:
     return out
 
 
-def summarise_gamma(per_pair: dict, checkpoints) -> dict:
-    """Per checkpoint: mean, t-interval and sign-flip p over pairs, and the 80%-power detectable mean."""
+def summarise_gamma(per_pair: dict, checkpoints, planned: int) -> dict:
+    """Per checkpoint: mean, t-interval and sign-flip p over pairs, and the 80%-power detectable mean
+    given the spread between the pairs so far, at their number and at the ``planned`` number of pairs
+    (the check, from the first pairs, of whether the planned CPU-hours can show the effect)."""
     out = {}
     for k in map(str, checkpoints):
         v = [per_pair[p][k] for p in sorted(per_pair)]
         s = B.sign_flip_test(v)
         s["min_detectable_80"] = B.min_detectable_mean(s.get("std", float("nan")), len(v))
+        s["min_detectable_80_at_planned"] = B.min_detectable_mean(s.get("std", float("nan")), planned)
+        s["planned_pairs"] = planned
         s["per_pair"] = dict(zip(map(str, sorted(per_pair)), v))
         out[k] = s
     return out
@@ -466,7 +470,7 @@ def finish(a, t0, sweep=None, tag=None):
     tag = tag or B.model_tag(B.StoredModel(a.model))
     P, cfg = B.sweep_points(result_path(a, tag), sweep)
     per = {name: pair_gammas(P, cfg, name) for name in STUDENTS}
-    summary = {"gamma": {name: summarise_gamma(per[name], cfg["checkpoints"]) for name in STUDENTS if len(per[name]) >= 2},
+    summary = {"gamma": {name: summarise_gamma(per[name], cfg["checkpoints"], a.runs) for name in STUDENTS if len(per[name]) >= 2},
                "same_minus_cross": summarise_difference(per["same"], per["cross"], cfg["checkpoints"]),
                "teachers": summarise_teachers(P, cfg),
                "heldout_kl": {name: summarise_kl(P, cfg, name) for name in STUDENTS},

@@ -146,7 +146,9 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     e = np.array(P[D.point_key("student", student="same", animal="eagle", pair=1)]["along"]["4"]) - b
     g = S["gamma"]["same"]["4"]
     assert g["per_pair"]["1"] == pytest.approx(((o[0] - e[0]) + (e[1] - o[1])) / 2)
-    assert g["n"] == 3 and 0 < g["sign_flip_p"] <= 1 and "min_detectable_80" in g
+    assert g["n"] == 3 and 0 < g["sign_flip_p"] <= 1 and g["planned_pairs"] == 3
+    assert g["min_detectable_80"] == pytest.approx(B.min_detectable_mean(g["std"], 3))
+    assert g["min_detectable_80_at_planned"] == pytest.approx(g["min_detectable_80"])  # 3 of --runs 3 done
     diff = S["same_minus_cross"]["4"]
     assert diff["mean"] == pytest.approx(np.mean([S["gamma"]["same"]["4"]["per_pair"][str(i)]
                                                   - S["gamma"]["cross"]["4"]["per_pair"][str(i)] for i in range(3)]))
