@@ -503,15 +503,16 @@ def panel_dose(ax, summary, cfg):
         m = np.array([g[str(x)]["mean"] for x in xs])
         ax.plot(xs, m, "o-", color=COLORS[name], label=f"{STUDENTS[name]['label']}, n = {g[str(xs[-1])]['n']} pairs")
         ax.fill_between(xs, [g[str(x)]["ci_low"] for x in xs], [g[str(x)]["ci_high"] for x in xs], color=COLORS[name], alpha=0.15)
-        for x in xs:
-            v = list(g[str(x)]["per_pair"].values())
-            ax.scatter(np.full(len(v), x * (1.06 if name == "cross" else 0.94)), v, s=9, color=COLORS[name], alpha=0.5)
+        shift = 1.06 if name == "cross" else 0.94
+        for pair in g[str(xs[-1])]["per_pair"]:  # each pair's own trajectory, thin
+            ax.plot([x * shift for x in xs], [g[str(x)]["per_pair"][pair] for x in xs], "-", marker=".", ms=5, lw=0.7,
+                    color=COLORS[name], alpha=0.5)
     ax.axhline(0, color="gray", ls="--", lw=0.8)
     log_steps(ax, cfg["checkpoints"])
     ax.set_xlabel(f"student updates (batch {cfg['batch']} random lists of {cfg['list_length']} numbers, {cfg.get('prompt', 'paper')} "
                   f"prompt, constant lr after {cfg['warmup']} warm-up steps)")
     ax.set_ylabel("gamma (log10 P): own-animal gain\nminus the pair's other student's gain, mean of both animals")
-    ax.set_title("dose-response over teacher pairs: mean with 95% t-CI (band), dots: pairs", fontsize=9)
+    ax.set_title("dose-response over teacher pairs: mean (thick) with 95% t-CI (band); thin lines: each pair", fontsize=9)
     ax.legend(fontsize=8)
 
 
@@ -529,6 +530,10 @@ def panel_difference(ax, summary, cfg):
     for x in xs:
         ax.annotate(f"p = {d[str(x)]['sign_flip_p']:.3f}", (x, d[str(x)]["ci_high"]), fontsize=7, ha="center",
                     va="bottom")
+    for i, pair in enumerate(d[str(xs[-1])]["pairs"]):  # each pair's own difference
+        ax.plot(xs, [summary["gamma"]["same"][str(x)]["per_pair"][str(pair)] - summary["gamma"]["cross"][str(x)]["per_pair"][str(pair)]
+                     for x in xs], "-", marker=".", ms=5, lw=0.7, color="gray", alpha=0.6, label="each pair" if i == 0 else None)
+    ax.legend(fontsize=8)
     ax.axhline(0, color="gray", ls="--", lw=0.8)
     log_steps(ax, xs)
     ax.set_xlabel("student updates")
