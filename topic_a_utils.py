@@ -1535,10 +1535,11 @@ class Sweep:
     the same key, and a point another process has already finished is reused, not recomputed. In
     that merge the file wins for every point this process did not compute itself (what it read at
     start may have been replaced since, e.g. a point rerun with more runs by ``replace`` in another
-    process), and this process's own points win over the file. Fields other than the points (a summary) are
-    kept from the file until this process sets its own, so a process starting a shared sweep never
-    drops the summary another wrote. The last process to finish writes the complete summary; rerunning the command afterwards (all points on disk, seconds) redraws
-    summary and figure from everything.
+    process), and this process's own points win over the file. Fields other than the points (a
+    summary) are kept from the file until this process sets its own, so a process starting a shared
+    sweep never drops the summary another wrote. The last process to finish writes the complete
+    summary; rerunning the command afterwards (all points on disk, seconds) redraws summary and
+    figure from everything.
 
     A process killed mid-point (even SIGKILL) loses only that point: every save is atomic, so the
     file always holds every point finished before. A corrupt file stops the sweep with one line
