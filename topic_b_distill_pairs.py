@@ -538,7 +538,7 @@ def panel_difference(ax, summary, cfg):
     log_steps(ax, xs)
     ax.set_xlabel("student updates")
     ax.set_ylabel("same-init gamma minus cross-model gamma (log10 P)")
-    ax.set_title(f"shared init's part (Cloud et al.): paired by teacher pair, 95% t-CI, sign-flip p; "
+    ax.set_title(f"shared init (with Gemma's narrower digit channel; Cloud et al.): paired by teacher pair, 95% t-CI, sign-flip p; "
                  f"n = {d[str(xs[-1])]['n']} pairs", fontsize=9)
 
 
