@@ -434,7 +434,11 @@ def summarise_difference(g1: dict, g2: dict, checkpoints) -> dict:
     pairs = sorted(set(g1) & set(g2))
     if len(pairs) < 2:
         return {}
-    return {k: {**B.sign_flip_test([g1[p][k] - g2[p][k] for p in pairs]), "pairs": pairs} for k in map(str, checkpoints)}
+    out = {}
+    for k in map(str, checkpoints):
+        d = [g1[p][k] - g2[p][k] for p in pairs]
+        out[k] = {**B.sign_flip_test(d), "pairs": pairs, "per_pair": dict(zip(map(str, pairs), d))}
+    return out
 
 
 def summarise_teachers(P, cfg) -> dict:
@@ -530,9 +534,9 @@ def panel_difference(ax, summary, cfg):
     for x in xs:
         ax.annotate(f"p = {d[str(x)]['sign_flip_p']:.3f}", (x, d[str(x)]["ci_high"]), fontsize=7, ha="center",
                     va="bottom")
-    for i, pair in enumerate(d[str(xs[-1])]["pairs"]):  # each pair's own difference
-        ax.plot(xs, [summary["gamma"]["same"][str(x)]["per_pair"][str(pair)] - summary["gamma"]["cross"][str(x)]["per_pair"][str(pair)]
-                     for x in xs], "-", marker=".", ms=5, lw=0.7, color="gray", alpha=0.6, label="each pair" if i == 0 else None)
+    for i, pair in enumerate(d[str(xs[-1])]["per_pair"]):  # each pair's own difference
+        ax.plot(xs, [d[str(x)]["per_pair"][pair] for x in xs], "-", marker=".", ms=5, lw=0.7, color="gray", alpha=0.6,
+                label="each pair" if i == 0 else None)
     ax.legend(fontsize=8)
     ax.axhline(0, color="gray", ls="--", lw=0.8)
     log_steps(ax, xs)

@@ -298,6 +298,9 @@ def load_model(name: str | None = None, device=None, dtype: torch.dtype | None =
         lm = LM(model, tok, Path(name).name, dev, dtype, "dir")
     else:
         try:
+            why = hub_unavailable(name)  # offline and not cached: say so at once, not after minutes of retries
+            if why is not None:
+                raise OSError(why)
             tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(dev)
         except Exception as e:  # offline, gated, or a typo: all say the same useful thing
