@@ -154,6 +154,7 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
                                                   - S["gamma"]["cross"]["4"]["per_pair"][str(i)] for i in range(3)]))
     assert diff["per_pair"]["2"] == pytest.approx(S["gamma"]["same"]["4"]["per_pair"]["2"]
                                                   - S["gamma"]["cross"]["4"]["per_pair"]["2"])
+    assert diff["min_detectable_80_at_planned"] == pytest.approx(B.min_detectable_mean(diff["std"], 3))
     assert (tmp_path / "p" / "topic_b_distill_pairs_split.png").is_file()
     # rerun: every point on disk, nothing retrained
     before = P[D.point_key("student", student="same", animal="owl", pair=0)]
