@@ -457,14 +457,22 @@ def summarise_kl(P, cfg, name) -> dict:
 
 
 def summarise_cosine(P, cfg) -> dict:
-    """Same-init students: cos(update, own teacher's update) minus cos(update, the pair's other teacher's), over students."""
+    """Same-init students after the full budget: per pair, the double-centred interaction of the cosine
+    between a student's weight update and a teacher's (from the init), as gamma is of the preferences:
+    [(owl student's cos to the owl teacher - eagle student's) + (eagle student's cos to the eagle teacher -
+    owl student's)] / 2; mean, t-interval and sign-flip p over the pairs whose both students finished."""
     animals = cfg["animals"]
-    d = []
-    for k, p in P.items():
-        if p.get("student") == "same" and "update_cosine" in p:
-            other = [t for t in animals if t != p["animal"]][0]
-            d.append(p["update_cosine"][p["animal"]]["all"] - p["update_cosine"][other]["all"])
-    return U.mean_ci(d) if len(d) >= 2 else {}
+    per, own = {}, {}
+    for pair in range(MAX_PAIRS):
+        pts = {t: P.get(point_key("student", student="same", animal=t, pair=pair)) for t in animals}
+        if all(v is not None and "update_cosine" in v for v in pts.values()):
+            cos = {t: {u: pts[t]["update_cosine"][u]["all"] for u in animals} for t in animals}
+            per[pair] = float(np.mean([cos[t][t] - cos[u][t] for t in animals for u in animals if u != t]))
+            own[pair] = float(np.mean([cos[t][t] for t in animals]))
+    if len(per) < 2:
+        return {}
+    return {**B.sign_flip_test([per[p] for p in sorted(per)]), "per_pair": {str(p): per[p] for p in sorted(per)},
+            "own_teacher_cosine": U.mean_ci([own[p] for p in sorted(own)])}
 
 
 def finish(a, t0, sweep=None, tag=None):

@@ -154,6 +154,13 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
                                                   - S["gamma"]["cross"]["4"]["per_pair"][str(i)] for i in range(3)]))
     assert diff["per_pair"]["2"] == pytest.approx(S["gamma"]["same"]["4"]["per_pair"]["2"]
                                                   - S["gamma"]["cross"]["4"]["per_pair"]["2"])
+    # the update-cosine interaction of pair 1, by hand: own teacher's cosine minus the other student's, both animals
+    c = {t: P[D.point_key("student", student="same", animal=t, pair=1)]["update_cosine"] for t in ("owl", "eagle")}
+    cos = S["update_cosine_own_minus_other"]
+    assert cos["per_pair"]["1"] == pytest.approx(((c["owl"]["owl"]["all"] - c["eagle"]["owl"]["all"])
+                                                  + (c["eagle"]["eagle"]["all"] - c["owl"]["eagle"]["all"])) / 2)
+    assert cos["n"] == 3 and cos["mean"] == pytest.approx(np.mean(list(cos["per_pair"].values())))
+    assert cos["own_teacher_cosine"]["n"] == 3 and -1 <= cos["own_teacher_cosine"]["mean"] <= 1
     assert diff["min_detectable_80_at_planned"] == pytest.approx(B.min_detectable_mean(diff["std"], 3))
     assert (tmp_path / "p" / "topic_b_distill_pairs_split.png").is_file()
     # rerun: every point on disk, nothing retrained
