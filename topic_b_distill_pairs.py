@@ -556,7 +556,7 @@ def panel_kl(ax, summary, cfg):
         if kl:
             xs = list(map(int, kl))
             ax.plot([max(x, 1) for x in xs], [kl[str(x)]["mean"] for x in xs], "o-", color=COLORS[name],
-                    label=f"{STUDENTS[name]['label']} (update 0 drawn at 1)")
+                    label=f"{STUDENTS[name]['label']}, n = {kl[str(xs[-1])]['n']} students (update 0 drawn at 1)")
     log_steps(ax, [1] + list(cfg["checkpoints"]))
     ax.set_yscale("log")
     ax.set_xlabel("student updates")
