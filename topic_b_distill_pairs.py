@@ -521,7 +521,7 @@ def panel_dose(ax, summary, cfg):
     ax.set_xlabel(f"student updates (batch {cfg['batch']} random lists of {cfg['list_length']} numbers, {cfg.get('prompt', 'paper')} "
                   f"prompt, constant lr after {cfg['warmup']} warm-up steps)")
     ax.set_ylabel("gamma (log10 P): own-animal gain\nminus the pair's other student's gain, mean of both animals")
-    ax.set_title("dose-response over teacher pairs: mean (thick) with 95% t-CI (band); thin lines: each pair", fontsize=9)
+    ax.set_title("dose-response: mean over pairs (thick), 95% t-CI (band), each pair (thin)", fontsize=9)
     ax.legend(fontsize=8)
 
 
