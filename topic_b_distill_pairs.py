@@ -394,6 +394,14 @@ def config(a, E):
 
 
 # ---- summary --------------------------------------------------------------------------------------
+def finished_pairs(P, animals, name):
+    """(pair, {teacher animal: student point}) for the pairs whose both students (of ``name``) finished."""
+    for pair in range(MAX_PAIRS):
+        pts = {t: P.get(point_key("student", student=name, animal=t, pair=pair)) for t in animals}
+        if all(v is not None for v in pts.values()):
+            yield pair, pts
+
+
 def pair_gammas(P, cfg, name) -> dict[int, dict[str, float]]:
     """{pair: {checkpoint: gamma_i}} over the pairs whose both students (of ``name``) finished."""
     animals = cfg["animals"]
@@ -402,10 +410,7 @@ def pair_gammas(P, cfg, name) -> dict[int, dict[str, float]]:
     if before is None:
         return out
     b = np.array(before["preference"])
-    for pair in range(MAX_PAIRS):
-        pts = {t: P.get(point_key("student", student=name, animal=t, pair=pair)) for t in animals}
-        if any(v is None for v in pts.values()):
-            continue
+    for pair, pts in finished_pairs(P, animals, name):
         out[pair] = {}
         for k in map(str, cfg["checkpoints"]):
             gains = {t: dict(zip(animals, np.array(pts[t]["along"][k]) - b)) for t in animals}
@@ -463,11 +468,10 @@ def summarise_cosine(P, cfg) -> dict:
     owl student's)] / 2; mean, t-interval and sign-flip p over the pairs whose both students finished."""
     animals = cfg["animals"]
     per, own = {}, {}
-    for pair in range(MAX_PAIRS):
-        pts = {t: P.get(point_key("student", student="same", animal=t, pair=pair)) for t in animals}
-        if all(v is not None and "update_cosine" in v for v in pts.values()):
+    for pair, pts in finished_pairs(P, animals, "same"):
+        if all("update_cosine" in v for v in pts.values()):
             cos = {t: {u: pts[t]["update_cosine"][u]["all"] for u in animals} for t in animals}
-            per[pair] = float(np.mean([cos[t][t] - cos[u][t] for t in animals for u in animals if u != t]))
+            per[pair] = B.specificity(cos, animals)["mean"]
             own[pair] = float(np.mean([cos[t][t] for t in animals]))
     if len(per) < 2:
         return {}
