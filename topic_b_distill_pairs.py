@@ -487,7 +487,10 @@ def finish(a, t0, sweep=None, tag=None):
                "same_minus_cross": summarise_difference(per["same"], per["cross"], cfg["checkpoints"], a.runs),
                "teachers": summarise_teachers(P, cfg),
                "heldout_kl": {name: summarise_kl(P, cfg, name) for name in STUDENTS},
-               "update_cosine_own_minus_other": summarise_cosine(P, cfg)}
+               "update_cosine_own_minus_other": summarise_cosine(P, cfg),
+               # each student model's own log10 P(animal) before distillation: where its gains start
+               "before": {name: dict(zip(cfg["animals"], P[point_key("before", student=name)]["preference"]))
+                          for name in STUDENTS if point_key("before", student=name) in P}}
     B.save_summary(result_path(a, tag), sweep, summary=summary)
     last = str(cfg["checkpoints"][-1])
     for name, g in summary["gamma"].items():
@@ -578,7 +581,10 @@ def plot(summary, cfg, path):
     tp = "; ".join(f"{t} teachers' own mean log10 P({t}) {v['preference'][t]['mean']:+.2f} (n = {v['n']})"
                    for t, v in summary["teachers"].items())
     fig.suptitle(f"Distillation through the number channel from independently fine-tuned {' / '.join(cfg['animals'])} "
-                 f"teacher pairs ({cfg['model'].split(' ')[0]}); {tp}", fontsize=10)
+                 f"teacher pairs ({cfg['model'].split(' ')[0]}); {tp}"
+                 + "".join(f"\n{STUDENTS[name]['label']} before distillation: "
+                           + ", ".join(f"log10 P({t}) {x:+.2f}" for t, x in pref.items())
+                           for name, pref in summary.get("before", {}).items()), fontsize=10)
     fig.tight_layout()
     B.save_fig(fig, path)
     print(f"wrote {path}")

@@ -142,6 +142,8 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     assert not (q[0] & q[1]) and not (q[1] & q[2])  # pairs differ in data
     # gamma of pair 1 at the last checkpoint, by hand from the stored points
     b = np.array(P["before / same"]["preference"])
+    assert S["before"]["same"] == {"owl": b[0], "eagle": b[1]}  # where the gains start, per student model
+    assert set(S["before"]) == {"same", "cross"}
     o = np.array(P[D.point_key("student", student="same", animal="owl", pair=1)]["along"]["4"]) - b
     e = np.array(P[D.point_key("student", student="same", animal="eagle", pair=1)]["along"]["4"]) - b
     g = S["gamma"]["same"]["4"]
