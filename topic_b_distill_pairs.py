@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 import torch
 
 import topic_a_utils as U
@@ -426,6 +427,7 @@ def summarise_gamma(per_pair: dict, checkpoints, planned: int) -> dict:
     for k in map(str, checkpoints):
         v = [per_pair[p][k] for p in sorted(per_pair)]
         s = B.sign_flip_test(v)
+        s["t_test_p"] = float(stats.ttest_1samp(v, 0.0).pvalue) if len(v) > 1 else float("nan")  # the t-interval's own p
         s["min_detectable_80"] = B.min_detectable_mean(s.get("std", float("nan")), len(v))
         s["min_detectable_80_at_planned"] = B.min_detectable_mean(s.get("std", float("nan")), planned)
         s["planned_pairs"] = planned

@@ -4,6 +4,7 @@ tiny fixture models."""
 import os
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 
@@ -149,6 +150,9 @@ def test_script_end_to_end_on_fixtures(fixtures, tmp_path):
     g = S["gamma"]["same"]["4"]
     assert g["per_pair"]["1"] == pytest.approx(((o[0] - e[0]) + (e[1] - o[1])) / 2)
     assert g["n"] == 3 and 0 < g["sign_flip_p"] <= 1 and g["planned_pairs"] == 3
+    v = [g["per_pair"][str(i)] for i in range(3)]  # the t-interval's p, by hand: t = mean / (sd / sqrt(n)), 2 df
+    t = np.mean(v) / (np.std(v, ddof=1) / np.sqrt(3))
+    assert g["t_test_p"] == pytest.approx(2 * scipy.stats.t.sf(abs(t), 2))
     assert g["min_detectable_80"] == pytest.approx(B.min_detectable_mean(g["std"], 3))
     assert g["min_detectable_80_at_planned"] == pytest.approx(g["min_detectable_80"])  # 3 of --runs 3 done
     diff = S["same_minus_cross"]["4"]
