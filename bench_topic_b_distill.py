@@ -9,8 +9,8 @@ student (SmolLM2-135M-Instruct by default) it times whole distillation steps
         supervised positions each, about three quarters of the tokens), fused AdamW, constant lr;
   and the levers apart (old inputs with fused AdamW; 30 numbers after the paper's prompt).
 The rows are timed in turn, round after round (``--rounds``), so that a slow stretch of the machine
-(the other core busy) falls on every row alike; the new/old ratio is reported per round, with its
-median and range. Each row: seconds per step (median over rounds), supervised positions per second,
+(the other core busy) falls on every row alike; the new/old ratio is reported from the rows' median
+step times and, per round, with its range. Each row: seconds per step (median over rounds), supervised positions per second,
 tokens per second, and the achieved GFLOP/s as a fraction of this machine's fp32 sgemm ceiling (1 thread; training FLOPs estimated as
 6 x non-embedding parameters x tokens + the channel head, attention excluded). Saved to
 results/bench_topic_b_distill.json:
