@@ -544,7 +544,7 @@ def panel_difference(ax, summary, cfg):
     xs = list(map(int, d))
     m = np.array([d[str(x)]["mean"] for x in xs])
     ax.errorbar(xs, m, yerr=[m - [d[str(x)]["ci_low"] for x in xs], [d[str(x)]["ci_high"] for x in xs] - m],
-                fmt="o-", color="k", capsize=4)
+                fmt="o-", color="k", capsize=4, label=f"mean over pairs, 95% t-CI (n = {d[str(xs[-1])]['n']})")
     for x in xs:
         ax.annotate(f"p = {d[str(x)]['sign_flip_p']:.3f}", (x, d[str(x)]["ci_high"]), fontsize=7, ha="center",
                     va="bottom")
